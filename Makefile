@@ -1,0 +1,25 @@
+# Every target sets up .venv from requirements.txt on first use, so each works on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/demo
+# pytest-xdist workers; JAX compiles are CPU-bound, so one per core.
+TEST_WORKERS ?= 2
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m reid_jax.main --config=configs/synthetic.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15 tests
+
+clean:
+	rm -rf $(VENV) workdirs
