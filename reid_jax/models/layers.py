@@ -1,0 +1,129 @@
+"""Building blocks shared by every variant: separable convolutions on clips and BatchNorm.
+
+Activations are kept as clips `[B, T, H, W, C]` throughout the network. A temporally separable
+inflated convolution is a temporal `k_t x 1 x 1` convolution followed by a spatial `1 x k x k`
+one (paper Fig. 3d); neither needs a 3D convolution primitive:
+
+- the spatial convolution is a 2D convolution over frames, with time folded into the batch
+  (`b t h w c -> (b t) h w c`, a free reshape). XLA's 2D convolutions are far faster than its
+  3D ones on CPU and use the same cuDNN/TPU kernels as image models elsewhere;
+- the temporal convolution is a sum of `k_t` channel matmuls over time-shifted copies of the
+  clip. It is a dense matmul on every backend and never transposes the activations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torchvision's BatchNorm defaults: eps 1e-5, running-average momentum 0.1 (Flax's 0.9).
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+# Kaiming normal (fan_out, ReLU gain), torchvision's initialiser for ResNet convolutions.
+conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def batch_norm(num_features: int, *, dtype, param_dtype, rngs: nnx.Rngs, zero_scale: bool = False):
+  """BatchNorm over every axis but the last, with torchvision's epsilon and momentum."""
+  return nnx.BatchNorm(
+      num_features,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      scale_init=nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init(),
+      rngs=rngs,
+  )
+
+
+class SpatialConv(nnx.Module):
+  """A `1 x k x k` convolution of a clip: a 2D convolution applied to every frame."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    pad = kernel_size // 2
+    self.conv = nnx.Conv(
+        in_features, out_features, (kernel_size, kernel_size), strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=conv_kernel_init, rngs=rngs)
+
+  def __call__(self, x):  # [B, T, H, W, C]
+    frames = einops.rearrange(x, "b t h w c -> (b t) h w c")
+    y = self.conv(frames)
+    return einops.rearrange(y, "(b t) h w c -> b t h w c", b=x.shape[0])
+
+
+class TemporalConv(nnx.Module):
+  """A `k_t x 1 x 1` convolution over time, `C -> C`, zero-padded so T is kept.
+
+  Its kernel `[k_t, C, C]` starts as the identity split over the taps (`I / k_t`, the paper's
+  inflation rule), so a fresh or freshly inflated network maps a static clip as the 2D network
+  maps its frame, away from the temporal borders.
+  """
+
+  def __init__(self, features: int, kernel_size: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    del rngs  # deterministic initialisation
+    if kernel_size % 2 != 1:
+      raise ValueError(f"temporal kernel size must be odd, got {kernel_size}")
+    self.kernel_size = kernel_size
+    self.dtype = dtype
+    self.kernel = nnx.Param(temporal_identity_kernel(kernel_size, features, "mean", param_dtype))
+
+  def __call__(self, x):  # [B, T, H, W, C]
+    k = self.kernel_size
+    pad = k // 2
+    kernel = self.kernel[...].astype(self.dtype)
+    x = x.astype(self.dtype)
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
+    t = x.shape[1]
+    return sum(
+        jnp.einsum("bthwc,cd->bthwd", padded[:, tap:tap + t], kernel[tap]) for tap in range(k))
+
+
+def temporal_identity_kernel(kernel_size: int, features: int, rule: str, dtype=jnp.float32):
+  """`[k_t, C, C]` kernel whose taps compose to the identity on a static clip.
+
+  `mean`: every tap is `I / k_t` (the paper's "each plane = 2D weight / t").
+  `center`: the centre tap is `I`, the others 0 (exact at the temporal borders too).
+  """
+  eye = jnp.eye(features, dtype=dtype)
+  if rule == "mean":
+    return jnp.broadcast_to(eye / kernel_size, (kernel_size, features, features)).astype(dtype)
+  if rule == "center":
+    return jnp.zeros((kernel_size, features, features), dtype).at[kernel_size // 2].set(eye)
+  raise ValueError(f"temporal_init must be 'mean' or 'center', got {rule!r}")
+
+
+def max_pool_spatial(x, window: int, stride: int):
+  """`1 x k x k` max-pool with torchvision's padding (k // 2, padded with -inf)."""
+  pad = window // 2
+  return nnx.max_pool(x, (1, window, window), strides=(1, stride, stride),
+                      padding=((0, 0), (pad, pad), (pad, pad)))
+
+
+def max_pool_temporal(x, window: int = 2):
+  """`k x 1 x 1` max-pool with stride k: halves T after res2 as in the I3D ResNet-50."""
+  if x.shape[1] % window:
+    raise ValueError(f"temporal pooling by {window} needs T divisible by {window}, got T={x.shape[1]}")
+  return nnx.max_pool(x, (window, 1, 1), strides=(window, 1, 1))
+
+
+def max_pool_spatial_valid(x):
+  """`1 x 2 x 2` max-pool, stride 1x2x2, no padding: the non-local block's optional phi/g pooling."""
+  return nnx.max_pool(x, (1, 2, 2), strides=(1, 2, 2), padding="VALID")
+
+
+def fan_in_normal(std_scale: float = 1.0):
+  """He-normal over fan-in, used by the non-local block's projections (its paper's ref. [13])."""
+  return nnx.initializers.variance_scaling(2.0 * std_scale, "fan_in", "normal")
+
+
+def num_params(module: nnx.Module) -> int:
+  """Number of trainable scalars (nnx.Param leaves; BatchNorm running stats excluded)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
