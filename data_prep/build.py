@@ -10,8 +10,8 @@ r"""Builds a video re-id dataset from a user's download.
   wants 8 frames of an arbitrary tracklet: with the byte ranges the input pipeline reads exactly
   those 8 JPEGs from memory-mapped shards, so a clip costs 8 small reads and 8 decodes whatever the
   tracklet's length (MARS tracklets reach 920 frames). `train` holds the tracklets training draws
-  from (MARS and Duke: the train split; iLIDS-VID and PRID2011: all, filtered per person split),
-  `eval` the evaluation set (MARS: all test tracklets, queries flagged; Duke: query then gallery;
+  from (MARS and Duke: the train split; iLIDS-VID and PRID2011: their one TFDS split,
+  `tracklets`, filtered per person split by the pipeline), `eval` the evaluation set (MARS: all test tracklets, queries flagged; Duke: query then gallery;
   iLIDS-VID and PRID2011: all tracklets of both cameras);
 - `stats.json`: per split (`train`, `query`, `gallery`; iLIDS-VID and PRID2011: person split 0)
   tracklets, identities (junk -1 and distractor 0 not counted), frames, cameras and min / mean /
@@ -40,8 +40,8 @@ from data_prep import layouts
 # Which TFDS splits make up the training pool and the evaluation set of each dataset.
 VIEWS = {
     'mars': {'train': ('train',), 'eval': ('test',)},
-    'ilidsvid': {'train': ('all',), 'eval': ('all',)},
-    'prid2011': {'train': ('all',), 'eval': ('all',)},
+    'ilidsvid': {'train': ('tracklets',), 'eval': ('tracklets',)},
+    'prid2011': {'train': ('tracklets',), 'eval': ('tracklets',)},
     'duke': {'train': ('train',), 'eval': ('query', 'gallery')},
 }
 STATS_FIELDS = ('tracklets', 'identities', 'frames', 'cameras', 'min_len', 'mean_len', 'max_len')

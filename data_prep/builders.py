@@ -28,8 +28,8 @@ _INSTRUCTIONS = {
     'prid_2011/ itself, with multi_shot/) as the manual directory. Put splits_prid2011.json there '
     f'to use the usual splits; without it 10 random splits with seed {layouts.PRID_SPLIT_SEED} '
     'are made.',
-    'duke': 'Download and unpack DukeMTMC-VideoReID.zip; pass the folder holding train/, query/ and '
-    'gallery/ (or its parent) as the manual directory.',
+    'duke': 'Download and unpack DukeMTMC-VideoReID.zip; pass the folder holding train/, query/ '
+    'and gallery/ (or its parent) as the manual directory.',
 }
 
 

@@ -39,8 +39,8 @@ JPEG_QUALITY = 95
 # TFDS splits each dataset is written as.
 SPLITS = {
     'mars': ('train', 'test'),
-    'ilidsvid': ('all',),
-    'prid2011': ('all',),
+    'ilidsvid': ('tracklets',),
+    'prid2011': ('tracklets',),
     'duke': ('train', 'query', 'gallery'),
 }
 
@@ -253,7 +253,8 @@ def _mars_split(root, split, rows, listing, role_of) -> list[Tracklet]:
             frames.append((int(m[4]), path))
         if len(tracklet_ids) != 1:
             raise LayoutError(
-                f'{frames[0][1]}: tracklet {i + 1} of {mat_path} mixes tracklets {sorted(tracklet_ids)}'
+                f'{frames[0][1]}: tracklet {i + 1} of {mat_path} mixes tracklets '
+                f'{sorted(tracklet_ids)}'
             )
         numbers, paths = _sorted_frames(frames, f'tracklet {i + 1} of {mat_path}')
         tracklets.append(Tracklet(
@@ -318,7 +319,7 @@ def _read_ilidsvid(manual_dir: str) -> list[Tracklet]:
                 frames.append((int(m[3]), path))
             numbers, paths = _sorted_frames(frames, folder)
             tracklets.append(Tracklet(
-                split='all', frames=paths, frame_numbers=numbers, pid=person, camid=camid,
+                split='tracklets', frames=paths, frame_numbers=numbers, pid=person, camid=camid,
                 tracklet_id=1, role='query' if camid == 1 else 'gallery',
                 person_split_role=roles[person],
             ))
@@ -365,7 +366,7 @@ def _read_prid2011(manual_dir: str) -> list[Tracklet]:
             where = os.path.join(cam_dir, f'person_{person:04d}')
             numbers, paths = _sorted_frames(frames_of[cam][person], where)
             tracklets.append(Tracklet(
-                split='all', frames=paths, frame_numbers=numbers, pid=person, camid=cam + 1,
+                split='tracklets', frames=paths, frame_numbers=numbers, pid=person, camid=cam + 1,
                 tracklet_id=1, role='query' if cam == 0 else 'gallery',
                 person_split_role=roles[person],
             ))
