@@ -1,0 +1,5 @@
+"""Evaluation: feature extraction, distances, ranking metrics, protocols, re-ranking, reports."""
+
+from reid_jax.evaluation.distances import pairwise_distances
+from reid_jax.evaluation.ranking import evaluate, evaluate_rank
+from reid_jax.evaluation.rerank import re_ranking
