@@ -1,0 +1,72 @@
+"""Per-tracklet features: the mean of the tracklet's T-frame chunk features.
+
+The evaluation pipeline cuts every tracklet into consecutive T-frame chunks (the last one padded)
+and packs chunks of many tracklets into each batch, so memory depends on the batch size only,
+never on tracklet length. Here each batch's features are scatter-added into per-tracklet sums on
+device. When `feature_fn` returns a global array sharded over the devices of several processes,
+the scatter into the replicated sums runs under jit across that mesh, so XLA all-reduces the
+contributions and every process ends with the same [N, D] means.
+"""
+
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def _accumulate(sums, counts, features, rows):
+  # Rows outside [0, N) (padding) are dropped.
+  sums = sums.at[rows].add(features.astype(jnp.float32), mode='drop')
+  return sums, counts.at[rows].add(1.0, mode='drop')
+
+
+def _global_rows(features, rows: np.ndarray):
+  """Tracklet rows laid out like `features`' batch axis (global when features are sharded)."""
+  sharding = getattr(features, 'sharding', None)
+  if isinstance(sharding, NamedSharding):
+    row_sharding = NamedSharding(sharding.mesh, P(sharding.spec[0] if sharding.spec else None))
+    return jax.make_array_from_process_local_data(row_sharding, rows), NamedSharding(
+        sharding.mesh, P())
+  if jax.process_count() > 1:
+    raise ValueError('with several processes, feature_fn must return a global array with a '
+                     'NamedSharding (e.g. jit with out_shardings over the data mesh)')
+  return rows, None
+
+
+def extract_features(feature_fn: Callable, eval_iterator: Iterable[dict],
+                     num_tracklets: int) -> np.ndarray:
+  """Averages chunk features per tracklet over the whole evaluation iterator.
+
+  Args:
+    feature_fn: `clips uint8 [b, T, H, W, 3] (this process's rows) -> [B, D]` features; either a
+      global array sharded over a data mesh (B = all processes' rows, in process order, as
+      `jax.make_array_from_process_local_data` lays them out) or, in a single process, any array.
+    eval_iterator: batches of `clips`, `tracklet` int [b] (row in the TrackletTable, -1 for
+      padding) and `valid` bool [b]; `frame_mask` is not needed (a chunk's padded frames repeat
+      its real ones, and each chunk counts once).
+    num_tracklets: N, the number of rows of the TrackletTable.
+  Returns:
+    float32 [N, D], the same on every process.
+  Raises:
+    ValueError: if some tracklet received no chunk (the iterator did not cover the table).
+  """
+  sums = counts = accumulate = None
+  for batch in eval_iterator:
+    features = feature_fn(batch['clips'])
+    rows = np.where(np.asarray(batch['valid'], bool), np.asarray(batch['tracklet'], np.int32),
+                    num_tracklets).astype(np.int32)
+    rows, replicated = _global_rows(features, rows)
+    if accumulate is None:
+      zeros = lambda shape: jax.device_put(jnp.zeros(shape, jnp.float32), replicated)
+      sums, counts = zeros((num_tracklets, features.shape[-1])), zeros((num_tracklets,))
+      accumulate = jax.jit(_accumulate, donate_argnums=(0, 1), out_shardings=(
+          None if replicated is None else (replicated, replicated)))
+    sums, counts = accumulate(sums, counts, features, rows)
+  if accumulate is None:
+    raise ValueError('the evaluation iterator yielded no batch')
+  counts = np.asarray(counts)
+  if (missing := int((counts == 0).sum())):
+    raise ValueError(f'{missing} of {num_tracklets} tracklets received no chunk')
+  return np.asarray(sums) / counts[:, None]
