@@ -4,3 +4,4 @@ from reid_jax.evaluation.distances import pairwise_distances
 from reid_jax.evaluation.ranking import evaluate, evaluate_rank
 from reid_jax.evaluation.rerank import re_ranking
 from reid_jax.evaluation.extraction import extract_features
+from reid_jax.evaluation.protocols import PROTOCOLS, protocol_sets, run_protocol
