@@ -5,3 +5,4 @@ from reid_jax.evaluation.ranking import evaluate, evaluate_rank
 from reid_jax.evaluation.rerank import re_ranking
 from reid_jax.evaluation.extraction import extract_features
 from reid_jax.evaluation.protocols import PROTOCOLS, protocol_sets, run_protocol
+from reid_jax.evaluation.report import write_report
