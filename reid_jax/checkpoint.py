@@ -233,3 +233,52 @@ class Checkpointer:
         if self._handles_sigterm:
             signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
             self._handles_sigterm = False
+
+
+def load_params_for_finetuning(
+    model, directory: str | os.PathLike, *, skip: tuple[str, ...] = ('head', 'classifier')
+) -> list[str]:
+    """Copies weights and BatchNorm statistics from the latest checkpoint in `directory` into
+    `model` (in place), leaving out the variables whose path starts with `skip` (by default the
+    identity classifier, whose size is the source dataset's number of identities).
+
+    The checkpoint's optimiser state, step and RNG are not used: fine-tuning starts afresh.
+    Returns the paths copied.
+
+    Raises:
+        FileNotFoundError: no checkpoint in `directory`.
+        ValueError: a variable of `model` is missing from the checkpoint or has another shape
+            (the message names it): the checkpoint is of another architecture.
+    """
+    from flax import nnx  # deferred: the rest of this module is framework-agnostic
+
+    directory = os.path.abspath(str(directory))
+    with ocp.CheckpointManager(
+        directory, item_names=('state', 'meta'),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    ) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f'No checkpoint in {directory} to fine-tune from.')
+        saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # The trainer saves nnx.state((model, optimizer)): the model's variables sit under '0'.
+    saved_model = saved['state']['0'] if '0' in saved['state'] else saved['state']
+    flat_saved = {
+        _path_str(path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(saved_model)[0]
+    }
+    copied = []
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+        key = '/'.join(str(p) for p in path)
+        if tuple(str(p) for p in path[: len(skip)]) == tuple(skip):
+            continue
+        value = flat_saved.get(key + '/value', flat_saved.get(key))
+        if value is None:
+            raise ValueError(f'{directory}/{step}: no variable {key!r} in the checkpoint; '
+                             f'is it of another architecture?')
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f'{directory}/{step}: {key!r} has shape {tuple(value.shape)}, the '
+                             f'model expects {tuple(variable.shape)}')
+        variable.set_value(jax.numpy.asarray(value, variable[...].dtype))
+        copied.append(key)
+    return copied

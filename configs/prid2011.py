@@ -1,0 +1,27 @@
+r"""PRID2011, fine-tuned from a MARS checkpoint; evaluation over the 10 person splits.
+
+    python -m data_prep.build --dataset=prid2011 --manual_dir=/data/prid_2011 \
+        --data_dir=/data/reid
+    python -m reid_jax.main --config=configs/prid2011.py --workdir=/tmp/prid2011 \
+        --config.dataset.data_dir=/data/reid --config.init.checkpoint=/tmp/mars/checkpoints
+
+Only the 178 people with more than 21 frames in both cameras are used; splits come from
+`splits_prid2011.json` when it lies in the download, else from the documented seed. Training
+uses the train people of `--config.dataset.split_index`; evaluation reports the mean and standard
+deviation over all 10 splits (query cam_a, gallery cam_b).
+"""
+
+from reid_jax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.dataset.name = "prid2011"
+  config.data.P = 16
+  config.data.batch_size = 64
+  config.optim.base_lr = 1e-4
+  config.optim.total_epochs = 100
+  config.optim.decay_start_epoch = 50
+  config.train.eval_every_epochs = 25
+  config.train.checkpoint_every_steps = 200
+  return config

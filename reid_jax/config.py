@@ -1,0 +1,141 @@
+"""The configuration every run starts from, and the checks that reject impossible ones.
+
+`configs/*.py` start from `default_config()` and change what their dataset needs; any field can
+be overridden on the command line (`--config.data.P=16`). `validate` runs before any work, so a
+bad value fails in a second with the field's name instead of minutes later in a traceback.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from reid_jax import optim
+from reid_jax.models import MODEL_NAMES, Architecture
+
+DATASETS = ("mars", "ilidsvid", "prid2011", "duke")
+MODES = ("train", "eval", "extract")
+PROTOCOLS = ("mars", "mars_no_query_in_gallery", "ilidsvid", "prid2011", "duke")
+DEFAULT_PROTOCOL = {"mars": "mars", "ilidsvid": "ilidsvid", "prid2011": "prid2011",
+                    "duke": "duke"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The paper's settings on MARS (section 4.2)."""
+  c = ml_collections.ConfigDict()
+  c.mode = "train"  # train | eval | extract
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "mars"
+  c.dataset.data_dir = ""      # where `python -m data_prep.build` wrote it (default <workdir>/data)
+  c.dataset.manual_dir = ""    # the download; if set, a missing build is made from it
+  # Synthetic MARS-layout data generated into manual_dir when it is missing (0 identities: off).
+  c.dataset.synthetic = ml_collections.ConfigDict(dict(
+      identities=0, seed=0, height=128, width=64))
+  c.dataset.split_index = 0     # iLIDS-VID / PRID2011 person split used for training
+
+  c.data = ml_collections.ConfigDict()
+  c.data.batch_size = 128       # global clips per step: must equal P x K
+  c.data.P = 32                 # identities per global batch
+  c.data.K = 4                  # tracklets per identity
+  c.data.num_frames = 8
+  c.data.stride = 8             # training clips: 8 frames every 8th from a 64-frame window
+  c.data.height = 256
+  c.data.width = 128
+  c.data.eval_batch_size = 64   # global chunks per evaluation step
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "resnet3d50_nl"
+  c.model.stage_depths = (3, 4, 6, 3)
+  c.model.width = 64
+  c.model.bottleneck_dim = 512
+  c.model.dropout_rate = 0.5
+  c.model.last_stride = 2
+  c.model.nonlocal_scale = False
+  c.model.nonlocal_pool = False
+  c.model.attention_impl = "einsum"
+  c.model.remat = False
+  c.model.dtype = "float32"     # "bfloat16" on accelerators: compute only, parameters stay f32
+
+  c.loss = ml_collections.ConfigDict(dict(
+      label_smoothing=0.1, triplet_margin=0.3, triplet_metric="euclidean", triplet_weight=1.0))
+
+  c.optim = optim.default_config()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.log_every_steps = 10
+  c.train.checkpoint_every_steps = 500
+  c.train.keep_checkpoints = 3
+  c.train.eval_every_epochs = 50  # 0: evaluate only at the end
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.protocol = ""           # default: the dataset's own protocol (see DEFAULT_PROTOCOL)
+  c.eval.metric = "euclidean"    # euclidean | cosine
+  c.eval.rerank = False
+  c.eval.max_rank = 50
+  c.eval.step = -1               # checkpoint step to evaluate (-1: the latest)
+  c.eval.num_ranked_queries = 4  # ranked-results sheets written by the report
+  c.eval.top_k = 10
+
+  c.init = ml_collections.ConfigDict()
+  c.init.torchvision_resnet50 = ""  # .pth of torchvision's ResNet-50 to inflate
+  c.init.temporal_init = "mean"     # mean | center
+  c.init.checkpoint = ""            # a checkpoint directory to fine-tune from (head excluded)
+  return c
+
+
+def model_overrides(config) -> dict:
+  """`create_model` keyword arguments from `config.model` (all but the name)."""
+  return {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+          for k, v in config.model.items() if k != "name"}
+
+
+def protocol(config) -> str:
+  return config.eval.protocol or DEFAULT_PROTOCOL[config.dataset.name]
+
+
+def _check(ok: bool, field: str, message: str):
+  if not ok:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def validate(config, *, num_devices: int) -> None:
+  """Raises ValueError naming the field of the first impossible setting."""
+  _check(config.mode in MODES, "mode", f"{config.mode!r} is not one of {MODES}")
+  _check(config.dataset.name in DATASETS, "dataset.name",
+         f"{config.dataset.name!r} is not one of {DATASETS}")
+  _check(config.model.name in MODEL_NAMES, "model.name",
+         f"unknown model {config.model.name!r}; choose one of {MODEL_NAMES}")
+  arch_fields = {f for f in Architecture.__dataclass_fields__}
+  unknown = sorted(set(config.model.keys()) - arch_fields - {"name"})
+  _check(not unknown, "model", f"unknown field(s) {unknown}")
+  d = config.data
+  for field in ("batch_size", "P", "K", "num_frames", "stride", "height", "width",
+                "eval_batch_size"):
+    _check(int(d[field]) >= 1, f"data.{field}", f"must be a positive integer, got {d[field]}")
+  _check(d.K >= 2 or config.loss.triplet_weight == 0, "data.K",
+         f"batch-hard triplets need K >= 2 tracklets per identity, got {d.K}")
+  _check(d.P * d.K == d.batch_size, "data.batch_size",
+         f"{d.batch_size} is not P x K = {d.P} x {d.K} = {d.P * d.K}")
+  _check(d.batch_size % num_devices == 0, "data.batch_size",
+         f"the batch of {d.batch_size} clips does not divide over {num_devices} devices")
+  _check(d.eval_batch_size % num_devices == 0, "data.eval_batch_size",
+         f"{d.eval_batch_size} does not divide over {num_devices} devices")
+  _check(config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+         f"{config.model.dtype!r} is not float32, bfloat16 or float16")
+  if config.model.name != "resnet50_tp":
+    _check(d.num_frames % 2 == 0, "data.num_frames",
+           f"the 3D models halve T after res2, so it must be even, got {d.num_frames}")
+  _check(protocol(config) in PROTOCOLS, "eval.protocol",
+         f"{protocol(config)!r} is not one of {PROTOCOLS}")
+  _check(config.eval.metric in ("euclidean", "cosine"), "eval.metric",
+         f"{config.eval.metric!r} is not euclidean or cosine")
+  _check(config.init.temporal_init in ("mean", "center"), "init.temporal_init",
+         f"{config.init.temporal_init!r} is not mean or center")
+  o = config.optim
+  _check(0 <= o.decay_start_epoch <= o.total_epochs and o.total_epochs >= 1,
+         "optim.total_epochs", f"need 0 <= decay_start_epoch ({o.decay_start_epoch}) <= "
+         f"total_epochs ({o.total_epochs}) and total_epochs >= 1")
+  _check(config.train.checkpoint_every_steps >= 1, "train.checkpoint_every_steps",
+         "must be >= 1")
+  _check(config.train.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")

@@ -1,0 +1,71 @@
+r"""Trains, evaluates or extracts features with the paper's model.
+
+    python -m reid_jax.main --config=configs/mars.py --workdir=/tmp/mars [--config.field=value]
+
+Without `--config` the synthetic demo (`configs/synthetic.py`) runs. `--config.mode` picks
+`train` (the default; resumes from `--workdir` if it holds checkpoints), `eval` (restores
+`--config.eval.step`, default the latest, writes metrics.json and pictures) or `extract` (writes
+per-tracklet features to `<workdir>/features_step<N>.npz`). Multi-process runs start through
+`launch.sh`, which passes `--coordinator_address`, `--num_processes` and `--process_id` (or
+`--distributed` where JAX finds them itself: SLURM, Cloud TPU).
+"""
+
+import logging as std_logging
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "synthetic.py")
+
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Configuration file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "workdirs/demo", "Checkpoints, logs, metrics and pictures.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() with no arguments (SLURM, Cloud TPU).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for explicit "
+                    "multi-process runs (e.g. 127.0.0.1:12345 for local processes).")
+flags.DEFINE_integer("num_processes", None, "Processes of an explicit multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in an explicit run.")
+flags.DEFINE_integer("cpu_devices", None, "Number of CPU devices to expose (testing).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # after flag parsing so the device flags apply before backends start
+  if flags.FLAGS.cpu_devices:
+    jax.config.update("jax_num_cpu_devices", flags.FLAGS.cpu_devices)
+  if flags.FLAGS.coordinator_address:
+    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                               flags.FLAGS.process_id)
+  elif flags.FLAGS.distributed:
+    jax.distributed.initialize()
+  # Libraries (Orbax, TensorFlow) log through absl: keep them to warnings, and give the run's
+  # own progress log (logger "reid_jax") to process 0 only, so there is one readable log.
+  logging.set_verbosity(logging.WARNING)
+  run_log = std_logging.getLogger("reid_jax")
+  run_log.setLevel(std_logging.INFO if jax.process_index() == 0 else std_logging.WARNING)
+  handler = std_logging.StreamHandler()
+  handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  run_log.addHandler(handler)
+  run_log.propagate = False
+
+  from reid_jax import train  # imports TensorFlow and JAX models: after initialisation
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir
+  run_log.info("Mode %s, workdir %s, %d devices (%s) over %d processes", config.mode, workdir,
+               jax.device_count(), jax.devices()[0].platform, jax.process_count())
+  if config.mode == "train":
+    train.train_and_evaluate(config, workdir)
+  elif config.mode == "eval":
+    train.evaluate_checkpoint(config, workdir)
+  elif config.mode == "extract":
+    train.extract(config, workdir)
+  else:
+    raise app.UsageError(f"config.mode must be train, eval or extract, got {config.mode!r}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,485 @@
+"""Training, evaluation and feature extraction, top to bottom in one function per mode.
+
+`train_and_evaluate(config, workdir)` reads in sections: logging, mesh, data, model and
+optimiser, sharding, the update step, checkpoints, evaluation, the loop. The same code runs on
+one CPU, one accelerator or many hosts: the batch is sharded over a one-axis `data` mesh of every
+device of every process, parameters are replicated, and XLA inserts the cross-device reductions
+(so BatchNorm statistics and the triplet mining see the whole global batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import logging
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from reid_jax import checkpoint as checkpoint_lib
+from reid_jax import config as config_lib
+from reid_jax import data as data_lib
+from reid_jax import evaluation, losses, optim
+from reid_jax.models import create_model, load_torchvision_resnet50, num_params
+
+# The run's own log; Orbax and TensorFlow log through absl, which `main` keeps to warnings.
+log = logging.getLogger("reid_jax")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: make the dataset if it is missing (synthetic generation and the real converter).
+# ---------------------------------------------------------------------------------------------
+
+def prepare_dataset(config, workdir: str) -> str:
+  """Returns the data_dir holding the built dataset, building it first if needed.
+
+  Only process 0 generates and converts; the others wait at a barrier, then read the result.
+  """
+  name = config.dataset.name
+  data_dir = config.dataset.data_dir or os.path.join(workdir, "data")
+  stats = os.path.join(data_dir, name, "stats.json")
+  if jax.process_index() == 0 and not os.path.exists(stats):
+    manual_dir = config.dataset.manual_dir
+    synthetic = config.dataset.synthetic.to_dict()
+    if synthetic.get("identities", 0):
+      manual_dir = manual_dir or os.path.join(workdir, "data", "synthetic_download")
+      if not os.path.exists(manual_dir):
+        _generate_synthetic(manual_dir, synthetic)
+    if not manual_dir:
+      raise FileNotFoundError(
+          f"No built dataset at {os.path.dirname(stats)} and config.dataset.manual_dir is not "
+          f"set: build it with `python -m data_prep.build --dataset={name} "
+          f"--manual_dir=<download> --data_dir={data_dir}` or set --config.dataset.manual_dir")
+    import tensorflow_datasets as tfds
+    from data_prep import build  # deferred: only the building process needs the converters
+    tfds.disable_progress_bar()
+    build.build(name, manual_dir, data_dir)
+  _barrier("dataset")
+  return data_dir
+
+
+def _generate_synthetic(manual_dir: str, settings: dict) -> None:
+  from data_prep import synthetic
+  partial = manual_dir.rstrip("/") + ".partial"
+  if os.path.exists(partial):
+    import shutil
+    shutil.rmtree(partial)  # an interrupted earlier generation
+  log.info("Generating the synthetic MARS-layout dataset in %s", manual_dir)
+  synthetic.generate(partial, **settings)
+  os.replace(partial, manual_dir)
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, optimiser and their sharded state.
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Setup:
+  """What every mode needs: the mesh, the model graph and its sharded state."""
+  mesh: jax.sharding.Mesh
+  graphdef: Any
+  state: Any              # nnx.State of (model, optimizer)
+  replicated: NamedSharding
+  batch_sharding: NamedSharding
+  num_classes: int
+  steps_per_epoch: int
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh) -> Setup:
+  """Creates model and optimiser (with initial weights) and replicates them over the mesh."""
+  model = create_model(config.model.name, num_classes=num_classes,
+                       rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                       **config_lib.model_overrides(config))
+  if config.init.torchvision_resnet50:
+    load_torchvision_resnet50(model, config.init.torchvision_resnet50,
+                              temporal_init=config.init.temporal_init)
+  if config.init.checkpoint:
+    checkpoint_lib.load_params_for_finetuning(model, config.init.checkpoint,
+                                              skip=("head", "classifier"))
+  optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, steps_per_epoch),
+                            wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+  return Setup(mesh=mesh, graphdef=graphdef, state=state, replicated=replicated,
+               batch_sharding=NamedSharding(mesh, P("data")), num_classes=num_classes,
+               steps_per_epoch=steps_per_epoch)
+
+
+def abstract_like(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+def global_batch(local: dict, sharding: NamedSharding) -> dict:
+  """Each process's rows -> one global array per key, sharded over `data`."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The update step and the feature function.
+# ---------------------------------------------------------------------------------------------
+
+def make_train_step(setup: Setup, config):
+  graphdef = setup.graphdef
+  loss_cfg = config.loss
+
+  def train_step(state, batch):
+    model, optimizer = nnx.merge(graphdef, state)
+    model.train()
+    clips = data_lib.normalize_clips(batch["clips"])
+    labels = batch["labels"]
+
+    def loss_fn(model):
+      out = model(clips)
+      ce = losses.cross_entropy_label_smoothing(out["logits"], labels, loss_cfg.label_smoothing)
+      triplet, aux = losses.batch_hard_triplet_loss(
+          out["features"], labels, loss_cfg.triplet_margin, metric=loss_cfg.triplet_metric)
+      accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == labels)
+      return ce + loss_cfg.triplet_weight * triplet, dict(
+          softmax_loss=ce, triplet_loss=triplet, accuracy=accuracy, **aux)
+
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return nnx.state((model, optimizer)), metrics
+
+  return jax.jit(
+      train_step,
+      in_shardings=(setup.replicated, setup.batch_sharding),
+      out_shardings=(setup.replicated, setup.replicated),
+      donate_argnums=(0,))
+
+
+def make_feature_fn(setup: Setup):
+  """`(state, clips uint8 [b, T, H, W, 3] global) -> features [b, D]` in evaluation mode."""
+  graphdef = setup.graphdef
+
+  def features(state, clips):
+    model, _ = nnx.merge(graphdef, state)
+    model.eval()
+    return model(data_lib.normalize_clips(clips))["features"]
+
+  return jax.jit(features, in_shardings=(setup.replicated, setup.batch_sharding),
+                 out_shardings=setup.batch_sharding)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: a line a person can follow, TensorBoard scalars and JSON lines (process 0 only).
+# ---------------------------------------------------------------------------------------------
+
+class MetricWriter:
+  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard, on process 0."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    import tensorflow as tf  # already loaded by the input pipeline
+    self._tf = tf
+    self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    with self._summary.as_default(step=step):
+      for k, v in scalars.items():
+        self._tf.summary.scalar(k, v)
+    self._summary.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._summary.close()
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: features of every eval tracklet, the protocol's numbers, the pictures.
+# ---------------------------------------------------------------------------------------------
+
+def evaluate_state(setup: Setup, config, data_dir: str, workdir: str | None, *, step: int,
+                   feature_fn=None) -> dict:
+  """Extracts features, scores the configured protocol and (with `workdir`) writes the report."""
+  feature_fn = feature_fn or make_feature_fn(setup)
+  eval_iter, table = data_lib.make_eval_iterator(
+      data_dir, config.dataset.name, batch_size=config.data.eval_batch_size,
+      num_frames=config.data.num_frames, height=config.data.height, width=config.data.width,
+      split_index=config.dataset.split_index)
+  state = setup.state
+  start = time.time()
+  features = evaluation.extract_features(
+      lambda clips: feature_fn(state, jax.make_array_from_process_local_data(
+          setup.batch_sharding, clips)),
+      eval_iter, len(table.pids))
+  extract_seconds = time.time() - start
+  results = evaluation.run_protocol(
+      config_lib.protocol(config), features, table, metric=config.eval.metric,
+      rerank=config.eval.rerank, max_rank=config.eval.max_rank)
+  results["step"] = step
+  log.info("Step %d, protocol %s: rank-1 %.2f%%  rank-5 %.2f%%  rank-10 %.2f%%  "
+               "rank-20 %.2f%%  mAP %.2f%%  mINP %.2f%%  (features in %.1fs)", step,
+               results["protocol"], *(100 * results[k] for k in
+                                      ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")),
+               extract_seconds)
+  if workdir is not None and jax.process_index() == 0:
+    evaluation.write_report(
+        workdir, results, features=features, table=table, config=config,
+        frames_fn=_frames_fn(data_dir, config),
+        attention_fn=_attention_fn(setup, config, data_dir),
+        num_queries=config.eval.num_ranked_queries, top_k=config.eval.top_k)
+  return results, features, table
+
+
+def _frames_fn(data_dir: str, config, max_frames: int = 32):
+  """`tracklet row -> uint8 [n, H, W, 3]`: its first `max_frames` frames, resized as the model
+  sees them, for the ranked-results sheets and the attention picture."""
+  from PIL import Image
+  from reid_jax.data import tracklets
+  index = tracklets.load_index(data_dir, config.dataset.name, "eval")
+  reader = tracklets.FrameReader(data_dir, config.dataset.name, index)
+  size = (config.data.width, config.data.height)
+
+  def frames(row: int) -> np.ndarray:
+    start, end = index["frame_start"][row], index["frame_start"][row + 1]
+    jpegs = reader(np.arange(start, min(end, start + max_frames)))
+    return np.stack([np.asarray(Image.open(io.BytesIO(bytes(j))).convert("RGB").resize(
+        size, Image.BILINEAR)) for j in jpegs])
+
+  return frames
+
+
+def _attention_fn(setup: Setup, config, data_dir: str):
+  """For non-local models: `tracklet -> (frames, attention dicts)` of its first chunk."""
+  arch = nnx.merge(setup.graphdef, setup.state)[0].arch
+  if not arch.nonlocal_stages or not arch.inflate:
+    return None
+  frames_fn = _frames_fn(data_dir, config)
+  t = config.data.num_frames
+  graphdef = setup.graphdef
+
+  @jax.jit
+  def forward(state, clip):
+    model, _ = nnx.merge(graphdef, state)
+    model.eval()
+    return model(data_lib.normalize_clips(clip), return_attention=True)["attention"]
+
+  def attention(tracklet: int):
+    frames = frames_fn(tracklet)
+    clip = np.resize(frames, (t,) + frames.shape[1:]) if len(frames) < t else frames[:t]
+    attentions = forward(setup.state, clip[None])
+    # Under jit the grids came back as arrays; the picture wants them as Python ints.
+    return clip, [{"weights": np.asarray(a["weights"]),
+                   "query_grid": tuple(int(v) for v in a["query_grid"]),
+                   "key_grid": tuple(int(v) for v in a["key_grid"])} for a in attentions]
+
+  return attention
+
+
+# ---------------------------------------------------------------------------------------------
+# The modes.
+# ---------------------------------------------------------------------------------------------
+
+def _setup_for(config, workdir):
+  data_dir = prepare_dataset(config, workdir)
+  info = data_lib.train_info(data_dir, config.dataset.name,
+                             split_index=config.dataset.split_index)
+  steps = data_lib.steps_per_epoch(info["num_identities"], config.data.P)
+  mesh = make_mesh()
+  setup = build_state(config, num_classes=info["num_classes"], steps_per_epoch=steps, mesh=mesh)
+  return data_dir, setup
+
+
+def _meta(config, step: int, epoch: int) -> dict:
+  return {"model": config.model.name, "step": step, "epoch": epoch,
+          "dataset": config.dataset.name, "seed": config.seed,
+          # The input pipeline is a pure function of (seed, step): the step is its position.
+          "input_position": step, "config": config.to_json()}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config.model` on `config.dataset`, resuming from `workdir` if it holds checkpoints;
+  evaluates every `config.train.eval_every_epochs` and at the end. Returns the final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  config_lib.validate(config, num_devices=jax.device_count())
+  data_dir, setup = _setup_for(config, workdir)
+  model_params = num_params(nnx.merge(setup.graphdef, setup.state)[0])
+  total_steps = setup.steps_per_epoch * config.optim.total_epochs
+  log.info("Model %s: %s parameters, %d classes; %d devices over %d processes; "
+               "%d steps (%d epochs x %d)", config.model.name, f"{model_params:,}",
+               setup.num_classes, jax.device_count(), jax.process_count(), total_steps,
+               config.optim.total_epochs, setup.steps_per_epoch)
+
+  # --- Checkpoints: resume where a killed run stopped. -----------------------------------------
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                     save_every_steps=config.train.checkpoint_every_steps,
+                                     keep_last=config.train.keep_checkpoints)
+  start_step = 0
+  if ckpt.latest_step() is not None:
+    setup.state, meta = ckpt.restore(abstract_state=abstract_like(setup.state),
+                                     model_name=config.model.name)
+    start_step = int(meta["step"])
+    log.info("Resumed from %s at step %d", ckpt.directory, start_step)
+
+  train_step = make_train_step(setup, config)
+  feature_fn = make_feature_fn(setup)
+  schedule = optim.schedule_from_config(config.optim, setup.steps_per_epoch)
+  writer = MetricWriter(workdir)
+  train_iter = data_lib.make_train_iterator(
+      data_dir, config.dataset.name, P=config.data.P, K=config.data.K,
+      num_frames=config.data.num_frames, stride=config.data.stride, height=config.data.height,
+      width=config.data.width, seed=config.seed, start_step=start_step,
+      split_index=config.dataset.split_index)
+
+  # --- The loop. Metrics stay on device until a log step, so dispatch runs ahead of compute. -----
+  pending: list[tuple[int, dict]] = []
+  results = None
+  window_start, window_steps = time.time(), 0
+  first_step_done = None
+  step = start_step
+  try:
+    while step < total_steps:
+      batch = global_batch(next(train_iter), setup.batch_sharding)
+      setup.state, metrics = train_step(setup.state, batch)
+      step += 1
+      window_steps += 1
+      pending.append((step, metrics))
+      epoch_done = step % setup.steps_per_epoch == 0
+      due_eval = (epoch_done and config.train.eval_every_epochs and
+                  (step // setup.steps_per_epoch) % config.train.eval_every_epochs == 0
+                  and step < total_steps)
+      due_save = step % config.train.checkpoint_every_steps == 0
+      if step % config.train.log_every_steps == 0 or step == total_steps or due_save or due_eval:
+        logged = _flush_metrics(pending, writer, schedule)
+        pending = []
+        now = time.time()
+        if first_step_done is None:
+          first_step_done = now  # excludes compilation from the throughput
+          window_start, window_steps = now, 0
+        elif window_steps:
+          rate = window_steps / (now - window_start)
+          _log_progress(step, total_steps, setup.steps_per_epoch, logged, rate,
+                        config.data.batch_size, writer)
+          window_start, window_steps = now, 0
+      ckpt.maybe_save(step, state=setup.state,
+                      meta=_meta(config, step, step // setup.steps_per_epoch))
+      if ckpt.preemption_requested():
+        log.warning("Stopping at step %d after a preemption checkpoint.", step)
+        return {"preempted_at_step": step}
+      if due_eval:
+        results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step,
+                                       feature_fn=feature_fn)
+        writer.write(step, {f"eval/{k}": results[k]
+                            for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")})
+    _flush_metrics(pending, writer, schedule)
+    pending = []
+    ckpt.maybe_save(step, state=setup.state,
+                    meta=_meta(config, step, step // setup.steps_per_epoch), force=True)
+    results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step,
+                                   feature_fn=feature_fn)
+    writer.write(step, {f"eval/{k}": results[k]
+                        for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")})
+    return results
+  finally:
+    ckpt.close()
+    writer.close()
+
+
+def _flush_metrics(pending, writer: MetricWriter, schedule) -> dict:
+  """Fetches the metrics of the pending steps; stops the run at the first non-finite loss."""
+  if not pending:
+    return {}
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    if not np.isfinite(metrics["loss"]):
+      raise FloatingPointError(
+          f"Non-finite loss {float(metrics['loss'])} at step {step} (softmax "
+          f"{float(metrics['softmax_loss'])}, triplet {float(metrics['triplet_loss'])}): "
+          f"lower config.optim.base_lr or enable config.optim.grad_clip_norm")
+  last_step, last = pending[-1][0], fetched[-1]
+  mean = {k: float(np.mean([m[k] for m in fetched])) for k in last}
+  mean["lr"] = float(schedule(last_step - 1))
+  writer.write(last_step, {f"train/{k}": v for k, v in mean.items()})
+  return mean
+
+
+def _log_progress(step, total, steps_per_epoch, m, steps_per_second, batch_size, writer):
+  clips_per_second = steps_per_second * batch_size
+  eta = (total - step) / steps_per_second
+  log.info(
+      "epoch %d  step %d/%d  loss %.4f (softmax %.4f, triplet %.4f)  acc %.3f  lr %.2e  "
+      "%.1f clips/s  ETA %s", (step - 1) // steps_per_epoch + 1, step, total, m["loss"],
+      m["softmax_loss"], m["triplet_loss"], m["accuracy"], m["lr"], clips_per_second,
+      _format_eta(eta))
+  writer.write(step, {"train/clips_per_second": clips_per_second})
+
+
+def _restore_for_eval(config, workdir):
+  data_dir, setup = _setup_for(config, workdir)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=1,
+                                     handle_sigterm=False)
+  try:
+    step = None if config.eval.step < 0 else config.eval.step
+    setup.state, meta = ckpt.restore(step, abstract_state=abstract_like(setup.state),
+                                     model_name=config.model.name)
+  finally:
+    ckpt.close()
+  return data_dir, setup, int(meta["step"])
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """`eval` mode: restores `config.eval.step` (default the latest) and writes the report."""
+  config_lib.validate(config, num_devices=jax.device_count())
+  data_dir, setup, step = _restore_for_eval(config, workdir)
+  results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step)
+  return results
+
+
+def extract(config, workdir: str) -> str:
+  """`extract` mode: per-tracklet features, pids and cameras of the eval set to a `.npz`."""
+  config_lib.validate(config, num_devices=jax.device_count())
+  data_dir, setup, step = _restore_for_eval(config, workdir)
+  eval_iter, table = data_lib.make_eval_iterator(
+      data_dir, config.dataset.name, batch_size=config.data.eval_batch_size,
+      num_frames=config.data.num_frames, height=config.data.height, width=config.data.width,
+      split_index=config.dataset.split_index)
+  feature_fn = make_feature_fn(setup)
+  state = setup.state
+  features = evaluation.extract_features(
+      lambda clips: feature_fn(state, jax.make_array_from_process_local_data(
+          setup.batch_sharding, clips)), eval_iter, len(table.pids))
+  path = os.path.join(workdir, f"features_step{step}.npz")
+  if jax.process_index() == 0:
+    arrays = {k: v for k, v in dataclasses.asdict(table).items() if v is not None}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, features=features, **arrays)
+    os.replace(tmp, path)
+    log.info("Wrote %s: features %s", path, features.shape)
+  return path
