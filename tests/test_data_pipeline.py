@@ -169,7 +169,11 @@ def test_crop_equals_resize_then_crop():
         clip = clip_fn(row)['clips'].numpy().astype(float)
         expected = reference[crop[0] : crop[0] + height, crop[1] : crop[1] + width]
         expected = expected[:, ::-1] if flip else expected
-        assert np.abs(clip[0] - expected).max() <= 2 and (clip[0] == clip[1]).all()
+        # The source window is rounded to whole pixels: under half a source pixel of shift,
+        # i.e. at most 3 grey levels of the steepest gradient; a wrong offset or flip is far more.
+        assert np.abs(clip[0] - expected).max() <= 4, np.abs(clip[0] - expected).max()
+        assert np.abs(clip[0] - expected).mean() <= 1.5
+        assert (clip[0] == clip[1]).all()
 
 
 def test_same_seed_same_batches_and_process_slices_concatenate(duke):

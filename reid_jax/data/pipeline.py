@@ -11,11 +11,12 @@ Clips are uint8 `[b, T, H, W, 3]`; `normalize_clips` runs on the accelerator.
 
 Training augmentation: a clip is cropped at one random offset from its frames scaled up by 1/8
 and flipped or not, the same for all its frames (two well-known codebases draw these per frame,
-which breaks the motion a 3D network is meant to see). Scaling and cropping are one bilinear
-`crop_and_resize` per frame with the box mapped back into the source image, which equals resizing
-to the upscaled size and cropping (pixel-centre aligned, as `tf.image.resize`) without building
-the larger image. Frames of one tracklet may differ in size (DukeMTMC-VideoReID), so each frame
-is mapped with its own size.
+which breaks the motion a 3D network is meant to see). A crop of the scaled-up frame is the
+matching window of the source frame resized to the output size, so the pipeline decodes only
+that window (`decode_and_crop_jpeg`) and resizes once, never building the larger image; the
+window is rounded to whole source pixels (under half a pixel of shift). Frames of one tracklet
+may differ in size (DukeMTMC-VideoReID), so each frame gets its own window, at the same relative
+position. Measured on 2 cores, this is about twice as fast as one `crop_and_resize` per frame.
 """
 
 from __future__ import annotations
@@ -76,61 +77,51 @@ def train_info(data_dir: str, dataset: str, *, split_index: int = 0) -> dict[str
     return dict(num_classes=num_ids, num_tracklets=len(rows), num_identities=num_ids)
 
 
-def _decode(jpeg: tf.Tensor) -> tf.Tensor:
-    return tf.io.decode_jpeg(jpeg, channels=3)
+def _resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Bilinear resize to uint8 `height x width`; frames already that size are passed through."""
+    shape = tf.shape(image)
+
+    def resize():
+        # Bilinear output lies within the input range, so +0.5 and truncation round it.
+        return tf.cast(tf.image.resize(image, [height, width]) + 0.5, tf.uint8)
+
+    return tf.cond((shape[0] == height) & (shape[1] == width), lambda: image, resize)
 
 
-def _to_uint8(images: tf.Tensor) -> tf.Tensor:
-    return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
-
-
-def _crop_box(shape, offset, flip, height, width, up_height, up_width) -> tf.Tensor:
-    """Normalised `crop_and_resize` box of an `up_height x up_width` crop at `offset`."""
-    src_h = tf.cast(shape[0], tf.float32)
-    src_w = tf.cast(shape[1], tf.float32)
-    offset = tf.cast(offset, tf.float32)
-
-    def span(first, size, src, up):
-        # Output pixel i sits at upscaled pixel first + i, i.e. at source coordinate
-        # (first + i + 0.5) * src / up - 0.5; crop_and_resize wants the ends over (src - 1).
-        lo = (first + 0.5) * src / up - 0.5
-        hi = (first + size - 0.5) * src / up - 0.5
-        return lo / tf.maximum(src - 1, 1), hi / tf.maximum(src - 1, 1)
-
-    y1, y2 = span(offset[0], height, src_h, up_height)
-    x1, x2 = span(offset[1], width, src_w, up_width)
-    # crop_and_resize mirrors the crop when x1 > x2.
-    x1, x2 = tf.cond(flip, lambda: (x2, x1), lambda: (x1, x2))
-    # The outermost sample can fall a fraction of a pixel outside the image, where
-    # crop_and_resize would write black instead of clamping as tf.image.resize does.
-    return tf.clip_by_value(tf.stack([y1, x1, y2, x2]), 0.0, 1.0)
+def _crop_windows(jpegs, offset, height, width, up_height, up_width) -> tf.Tensor:
+    """`[T, 4]` windows `[y, x, h, w]` in each source frame of the `height x width` crop at
+    `offset` in the frame scaled to `up_height x up_width`, rounded to whole source pixels."""
+    # Computed for all frames at once: per-frame arithmetic would cost more in op dispatch than
+    # in arithmetic.
+    source = tf.cast(tf.stack([tf.io.extract_jpeg_shape(j)[:2] for j in jpegs]), tf.float32)
+    scale = source / tf.constant([up_height, up_width], tf.float32)
+    size = tf.minimum(tf.round(tf.constant([height, width], tf.float32) * scale), source)
+    start = tf.minimum(tf.round(tf.cast(offset, tf.float32) * scale), source - size)
+    return tf.cast(tf.concat([start, size], 1), tf.int32)
 
 
 def _train_clip_fn(num_frames: int, height: int, width: int):
     up_height, up_width = sampling.upscaled_size(height, width)
 
     def clip_fn(row):
-        frames = []
-        for t in range(num_frames):
-            image = _decode(row['frames'][t])
-            box = _crop_box(tf.shape(image), row['crops'], row['flips'], height, width,
-                            up_height, up_width)
-            frames.append(tf.image.crop_and_resize(image[None], box[None], [0], [height, width]))
-        return dict(
-            clips=_to_uint8(tf.concat(frames, axis=0)),
-            labels=row['labels'],
-            camids=row['camids'],
-        )
+        jpegs = [row['frames'][t] for t in range(num_frames)]
+        windows = _crop_windows(jpegs, row['crops'], height, width, up_height, up_width)
+        clip = tf.stack([
+            _resize(tf.io.decode_and_crop_jpeg(jpeg, windows[t], channels=3), height, width)
+            for t, jpeg in enumerate(jpegs)
+        ])
+        clip = tf.cond(row['flips'], lambda: tf.reverse(clip, axis=[2]), lambda: clip)
+        return dict(clips=clip, labels=row['labels'], camids=row['camids'])
 
     return clip_fn
 
 
 def _eval_clip_fn(num_frames: int, height: int, width: int):
     def clip_fn(row):
-        frames = [tf.image.resize(_decode(row['frames'][t]), [height, width])
+        frames = [_resize(tf.io.decode_jpeg(row['frames'][t], channels=3), height, width)
                   for t in range(num_frames)]
         return dict(
-            clips=_to_uint8(tf.stack(frames)),
+            clips=tf.stack(frames),
             frame_mask=row['frame_mask'],
             tracklet=row['tracklet'],
             valid=row['valid'],
@@ -146,6 +137,11 @@ def _pipeline(batches, signature: dict, clip_fn, local_batch: int) -> Iterator[d
     ds = ds.map(clip_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # Parallelism comes from decoding many clips at once; splitting one resize over threads
+    # only adds synchronisation (about 15% more clips per CPU-second measured here).
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
     return ds.as_numpy_iterator()
 
 
