@@ -1,0 +1,147 @@
+r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, losses, Adam).
+
+    python bench/train_step.py [--config configs/mars.py] [--batch 8] [--steps 3]
+        [--dtype float32|bfloat16] [--remat] [--attention_impl einsum|xla|cudnn]
+        [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
+
+The step is `reid_jax.train.make_train_step` on the state of `build_state` (625 classes, the
+MARS training identities) over every local device, fed random uint8 clips whose labels form
+identity-balanced P x K groups (K = 4) so the batch-hard triplet loss mines as in training. No
+dataset is read. FLOPs are XLA's cost analysis of the compiled step (a multiply-add is 2 FLOPs;
+forward, backward and optimiser); on a GPU, MFU is against the device's dense bf16 peak whatever
+`--dtype`, the usual convention.
+"""
+
+import argparse
+import importlib.util
+import os
+import time
+
+import jax
+import numpy as np
+
+from reid_jax import train
+
+NUM_CLASSES = 625
+TRIPLET_K = 4
+
+# Dense bf16 peak FLOP/s by `device_kind` (vendor datasheets, without sparsity).
+BF16_PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+}
+
+
+def bf16_peak(device_kind: str):
+  """The peak of the longest table key that prefixes `device_kind` (None: unknown device)."""
+  matches = [k for k in BF16_PEAK_FLOPS if device_kind.startswith(k)]
+  return BF16_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def add_model_flags(parser):
+  parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..",
+                                                       "configs", "mars.py"))
+  parser.add_argument("--batch", type=int, default=8, help="global clips per step")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+  parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--attention_impl", choices=("einsum", "xla", "cudnn"), default=None)
+  parser.add_argument("--width", type=int, default=None, help="channels after the stem")
+  parser.add_argument("--depths", default=None, help="blocks per stage, e.g. 1,1,1,1")
+  parser.add_argument("--frames", type=int, default=None)
+  parser.add_argument("--height", type=int, default=None)
+  parser.add_argument("--img_width", type=int, default=None)
+
+
+def load_config(args):
+  spec = importlib.util.spec_from_file_location("bench_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for field, value in (("dtype", args.dtype), ("attention_impl", args.attention_impl),
+                       ("width", args.width)):
+    if value is not None:
+      config.model[field] = value
+  if args.remat:
+    config.model.remat = True
+  if args.depths:
+    config.model.stage_depths = tuple(int(d) for d in args.depths.split(","))
+  for field, value in (("num_frames", args.frames), ("height", args.height),
+                       ("width", args.img_width)):
+    if value is not None:
+      config.data[field] = value
+  config.data.batch_size = args.batch
+  config.data.K = min(TRIPLET_K, args.batch)
+  config.data.P = args.batch // config.data.K
+  config.init.torchvision_resnet50 = config.init.checkpoint = ""
+  return config
+
+
+def random_batch(config, seed: int = 0) -> dict:
+  """uint8 clips and P x K labels, the shapes and dtypes the input pipeline emits."""
+  d = config.data
+  rng = np.random.default_rng(seed)
+  clips = rng.integers(0, 256, (d.batch_size, d.num_frames, d.height, d.width, 3), np.uint8)
+  labels = np.repeat(rng.choice(NUM_CLASSES, d.batch_size // d.K, replace=False), d.K)
+  labels = np.concatenate([labels, labels[:d.batch_size - len(labels)]]).astype(np.int32)
+  return {"clips": clips, "labels": labels}
+
+
+def bench_jax(config, steps: int) -> dict:
+  """Compiles and times the train step; returns seconds, FLOPs and the loss of every step."""
+  setup = train.build_state(config, num_classes=NUM_CLASSES, steps_per_epoch=100,
+                            mesh=train.make_mesh())
+  batch = train.global_batch(random_batch(config), setup.batch_sharding)
+  step_fn = train.make_train_step(setup, config)
+  start = time.perf_counter()
+  compiled = step_fn.lower(setup.state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  state = setup.state
+  times, losses = [], []
+  for _ in range(steps + 1):  # the first call pays for buffer allocation: not timed
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    losses.append(float(jax.block_until_ready(metrics["loss"])))
+    times.append(time.perf_counter() - start)
+  return dict(compile_s=compile_s, step_s=float(np.median(times[1:])), first_s=times[0],
+              flops=float(cost.get("flops", float("nan"))), losses=losses)
+
+
+def report(config, result: dict) -> None:
+  device = jax.devices()[0]
+  step_s, flops = result["step_s"], result["flops"]
+  d = config.data
+  print(f"JAX {jax.__version__}, {jax.device_count()} x {device.device_kind} "
+        f"({device.platform}), {config.model.name} {config.model.dtype}, "
+        f"batch {d.batch_size} x {d.num_frames}x{d.height}x{d.width}, "
+        f"remat {config.model.remat}, attention {config.model.attention_impl}")
+  print(f"  compile          {result['compile_s']:8.1f} s")
+  print(f"  step (median)    {step_s:8.3f} s   (first call {result['first_s']:.3f} s)")
+  print(f"  clips/s          {d.batch_size / step_s:8.2f}")
+  print(f"  GFLOPs/step      {flops / 1e9:8.1f}   (XLA cost analysis of the compiled step)")
+  print(f"  achieved         {flops / step_s / 1e9:8.1f} GFLOP/s")
+  peak = bf16_peak(device.device_kind) if device.platform == "gpu" else None
+  if peak:
+    print(f"  MFU              {100 * flops / step_s / (peak * jax.device_count()):8.1f} % "
+          f"of {peak / 1e12:.0f} TFLOP/s bf16 per device")
+  else:
+    print("  MFU              n/a (no bf16 peak known for this device)")
+  print(f"  losses           {' '.join(f'{x:.4f}' for x in result['losses'])}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_model_flags(parser)
+  args = parser.parse_args()
+  config = load_config(args)
+  report(config, bench_jax(config, args.steps))
+
+
+if __name__ == "__main__":
+  main()
