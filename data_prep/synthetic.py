@@ -13,8 +13,9 @@ whole path from a user's download to a trained model is exercised without the 6 
 Why the images look the way they do: the default size feeds a demo that trains a tiny network on a
 2-core CPU in minutes, so identities must be learnable from a few thousand low-resolution frames,
 yet nearest-neighbour matching on raw pixels must not solve it:
-- identity: a unique (shirt colour, shirt pattern, trouser colour) combination, plus skin, hair,
-    shoe colour, body height and width and an optional bag; no two people share the combination;
+- identity: shirt colour and pattern, trouser colour, skin, hair and shoe colour, body height and
+    width and an optional bag; within the train set and within the test set no two people share
+    the (shirt, trouser) colour pair (up to 144 people per set) or the whole combination;
 - camera: a per-channel colour cast and brightness, its own background, and a viewpoint (person
     scale, vertical placement, a narrower side view, back views hiding the bag);
 - frame: walking motion (leg and arm swing, bobbing), detector misalignment (shift and scale
@@ -77,6 +78,24 @@ class Camera:
     side_view: bool  # torso seen narrower
     back_view: bool  # the bag is hidden
     noise: np.ndarray  # [N, H, W, 3] sensor noise fields; drawing fresh noise per frame is slow
+
+
+def _distinct_combos(rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
+    """n (shirt colour, pattern, trouser colour) index triples for one set of people.
+
+    Within a set (train, test) no two people share the shirt and trouser colour pair while there
+    are pairs left (144), and no two share all three: at the demo's low resolution patterns are
+    a weak cue, so colours carry identity; camera casts keep it from being trivial.
+    """
+    pairs = list(itertools.product(range(len(_PALETTE)), repeat=2))
+    order = rng.permutation(len(pairs))
+    base_pattern = rng.integers(len(_PATTERNS), size=len(pairs))
+    combos = []
+    for i in range(n):
+        pair = order[i % len(pairs)]
+        pattern = (base_pattern[pair] + i // len(pairs)) % len(_PATTERNS)
+        combos.append((pairs[pair][0], int(pattern), pairs[pair][1]))
+    return combos
 
 
 def _person(rng: np.random.Generator, combo: tuple[int, int, int]) -> Person:
@@ -165,11 +184,11 @@ def _render(
         tx = ((np.arange(xs, xe) - cx) / max(torso_w, 1.0))[None, :]
         second = {
             'solid': np.zeros((1, 1), bool),
-            'hstripes': (ty * 22) % 2 < 1,
-            'vstripes': (tx * 6 + 10) % 2 < 1,
-            'checks': ((ty * 16).astype(int) + (tx * 5 + 10).astype(int)) % 2 == 0,
+            'hstripes': (ty * 14) % 2 < 1,
+            'vstripes': (tx * 3 + 10) % 2 < 1,
+            'checks': ((ty * 10).astype(int) + (tx * 3 + 10).astype(int)) % 2 == 0,
             'split': tx < 0,
-            'band': (ty > 0.3) & (ty < 0.38),
+            'band': (ty > 0.28) & (ty < 0.4),
         }[person.pattern]
         second = np.broadcast_to(second, (ye - ys, xe - xs))[..., None]
         img[ys:ye, xs:xe] = np.where(second, person.shirt2, person.shirt)
@@ -267,18 +286,16 @@ def generate(
         raise ValueError(f'cameras must be in 2..9 (MARS names hold one digit), got {cameras}')
     if min_len < 1 or max_len < min_len or max_len > 999:
         raise ValueError(f'need 1 <= min_len <= max_len <= 999, got {min_len}, {max_len}')
-    combos = list(itertools.product(
-            range(len(_PALETTE)), range(len(_PATTERNS)), range(len(_PALETTE))))
-    total = identities + test_identities + distractors
-    if total > len(combos) or identities + test_identities > 9999:
-        raise ValueError(f'at most {len(combos)} distinct people can be drawn, asked for {total}')
+    most = len(_PALETTE) ** 2 * len(_PATTERNS)
+    if max(identities, test_identities, distractors) > most or identities + test_identities > 9999:
+        raise ValueError(f'at most {most} distinct people per set and 9999 in all can be drawn')
     if os.path.exists(os.path.join(out, 'info', 'tracks_test_info.mat')):
         raise FileExistsError(f'{out} already holds a dataset; choose another --out')
 
     rng = np.random.default_rng(seed)
     cams = [_camera(rng, height, width) for _ in range(cameras)]
-    order = rng.permutation(len(combos))[:total]
-    people = [_person(rng, combos[i]) for i in order]
+    people = [_person(rng, combo) for n in (identities, test_identities, distractors)
+              for combo in _distinct_combos(rng, n)]
     pids = np.sort(rng.choice(np.arange(1, 10000), identities + test_identities, replace=False))
     pids = rng.permutation(pids)
     train_pids = np.sort(pids[:identities])

@@ -31,7 +31,10 @@ from reid_jax.data import sampling
 from reid_jax.data import tracklets as tracklets_lib
 
 # tf.data only decodes JPEGs here; keep TensorFlow off any GPU so that JAX owns its memory.
-tf.config.set_visible_devices([], 'GPU')
+try:
+    tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TensorFlow already initialised by the caller: its devices are its choice
+    pass
 
 TrackletTable = tracklets_lib.TrackletTable
 
