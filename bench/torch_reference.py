@@ -1,0 +1,243 @@
+r"""The same network and train step in PyTorch, timed beside the JAX step in one run.
+
+    python bench/torch_reference.py [--batch 8] [--steps 3] [--no_compile] [train_step.py flags]
+
+The PyTorch peer is what a PyTorch video re-id codebase would run: the temporally separable
+inflated ResNet-50 as `Conv3d` layers (`k x 1 x 1` temporal, `1 x k x k` spatial, NCDHW,
+oneDNN), the embedded-Gaussian non-local blocks, the bottleneck head, label-smoothed
+cross-entropy + batch-hard triplet loss and `torch.optim.Adam` with coupled weight decay, on the
+same uint8 clips and labels as the JAX step. It runs eagerly, then under `torch.compile`
+(inductor: forward and backward compiled, the optimiser step eager). Parameter counts of both
+networks are checked equal before timing. The table's last column is the speed relative to
+PyTorch eager (above 1: faster).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as jax_bench  # noqa: E402  (the sibling benchmark; bench/ is no package)
+
+from reid_jax.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from reid_jax.models import create_model, num_params  # noqa: E402
+from reid_jax.models.resnet3d import STEM_TEMPORAL_KERNEL, VARIANTS, Architecture  # noqa: E402
+from reid_jax import config as config_lib  # noqa: E402
+
+
+def bn3d(c, zero=False):
+  bn = nn.BatchNorm3d(c)
+  if zero:
+    nn.init.zeros_(bn.weight)
+  return bn
+
+
+class NonLocal(nn.Module):
+  def __init__(self, c):
+    super().__init__()
+    inner = c // 2
+    self.theta, self.phi, self.g = (nn.Conv3d(c, inner, 1) for _ in range(3))
+    self.w_z = nn.Conv3d(inner, c, 1)
+    self.bn = bn3d(c, zero=True)
+
+  def forward(self, x):
+    b, c, t, h, w = x.shape
+    q = self.theta(x).flatten(2).transpose(1, 2)  # [B, N, C/2]
+    k = self.phi(x).flatten(2)                    # [B, C/2, N]
+    v = self.g(x).flatten(2).transpose(1, 2)
+    y = torch.softmax(q @ k, dim=-1) @ v
+    y = y.transpose(1, 2).reshape(b, -1, t, h, w)
+    return self.bn(self.w_z(y)) + x
+
+
+class Bottleneck(nn.Module):
+  def __init__(self, cin, planes, stride, temporal_kernel, with_nonlocal):
+    super().__init__()
+    cout = planes * 4
+    self.conv1 = nn.Conv3d(cin, planes, 1, bias=False)
+    self.bn1 = bn3d(planes)
+    self.conv2_t = (nn.Conv3d(planes, planes, (temporal_kernel, 1, 1),
+                              padding=(temporal_kernel // 2, 0, 0), bias=False)
+                    if temporal_kernel > 1 else None)
+    self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride),
+                           padding=(0, 1, 1), bias=False)
+    self.bn2 = bn3d(planes)
+    self.conv3 = nn.Conv3d(planes, cout, 1, bias=False)
+    self.bn3 = bn3d(cout)
+    self.downsample = (nn.Sequential(nn.Conv3d(cin, cout, 1, stride=(1, stride, stride),
+                                               bias=False), bn3d(cout))
+                       if stride != 1 or cin != cout else None)
+    self.nonlocal_block = NonLocal(cout) if with_nonlocal else None
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    if self.conv2_t is not None:
+      out = self.conv2_t(out)
+    out = F.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    out = F.relu(out + (x if self.downsample is None else self.downsample(x)))
+    return out if self.nonlocal_block is None else self.nonlocal_block(out)
+
+
+class ReIDNet(nn.Module):
+  """The JAX `ReIDNet` of the same `Architecture`, NCDHW."""
+
+  def __init__(self, arch: Architecture, num_classes: int):
+    super().__init__()
+    self.temporal_pool = arch.temporal_pool
+    self.conv1_t = (nn.Conv3d(3, 3, (STEM_TEMPORAL_KERNEL, 1, 1),
+                              padding=(STEM_TEMPORAL_KERNEL // 2, 0, 0), bias=False)
+                    if arch.inflate else None)
+    self.conv1 = nn.Conv3d(3, arch.width, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3),
+                           bias=False)
+    self.bn1 = bn3d(arch.width)
+    stages, cin = [], arch.width
+    for stage, depth in enumerate(arch.stage_depths):
+      planes = arch.width * 2 ** stage
+      stride = 1 if stage == 0 else (arch.last_stride
+                                     if stage == len(arch.stage_depths) - 1 else 2)
+      blocks = []
+      for block in range(depth):
+        blocks.append(Bottleneck(cin, planes, stride if block == 0 else 1,
+                                 arch.temporal_kernel(stage, block),
+                                 arch.has_nonlocal(stage, block)))
+        cin = planes * 4
+      stages.append(nn.Sequential(*blocks))
+    self.stages = nn.ModuleList(stages)
+    self.fc = nn.Linear(cin, arch.bottleneck_dim)
+    self.bn = nn.BatchNorm1d(arch.bottleneck_dim)
+    self.dropout = nn.Dropout(arch.dropout_rate)
+    self.leaky_relu_slope = arch.leaky_relu_slope
+    self.classifier = nn.Linear(arch.bottleneck_dim, num_classes)
+
+  def forward(self, clips):  # [B, 3, T, H, W]
+    x = clips if self.conv1_t is None else self.conv1_t(clips)
+    x = F.relu(self.bn1(self.conv1(x)))
+    x = F.max_pool3d(x, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+    for i, stage in enumerate(self.stages):
+      x = stage(x)
+      if i == 0 and self.temporal_pool:
+        x = F.max_pool3d(x, (2, 1, 1), stride=(2, 1, 1))
+    features = F.leaky_relu(self.bn(self.fc(x.mean((2, 3, 4)))), self.leaky_relu_slope)
+    return features, self.classifier(self.dropout(features))
+
+
+def cross_entropy_label_smoothing(logits, labels, epsilon):
+  num_classes = logits.shape[-1]
+  targets = (1 - epsilon) * F.one_hot(labels, num_classes) + epsilon / num_classes
+  return -(targets * F.log_softmax(logits, -1)).sum(-1).mean()
+
+
+def batch_hard_triplet(features, labels, margin):
+  gram = features @ features.T
+  sq = gram.diagonal()
+  dist = (sq[:, None] + sq[None, :] - 2 * gram).clamp(min=1e-12).sqrt()
+  same = labels[:, None] == labels[None, :]
+  d_pos = torch.where(same, dist, torch.zeros_like(dist)).amax(1)
+  d_neg = torch.where(same, torch.full_like(dist, float("inf")), dist).amin(1)
+  return F.relu(margin + d_pos - d_neg).mean()
+
+
+def make_loss_fn(model, config):
+  mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1, 1)
+  std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1, 1)
+  loss_cfg = config.loss
+
+  def loss_fn(clips_uint8, labels):  # clips [B, T, H, W, 3] uint8
+    clips = (clips_uint8.permute(0, 4, 1, 2, 3).float() / 255 - mean) / std
+    features, logits = model(clips)
+    return (cross_entropy_label_smoothing(logits, labels, loss_cfg.label_smoothing)
+            + loss_cfg.triplet_weight * batch_hard_triplet(features, labels,
+                                                           loss_cfg.triplet_margin))
+  return loss_fn
+
+
+def bench_torch(config, batch, steps: int, compiled: bool) -> dict:
+  """Warm-up (and compile) time, median step time and the losses of a PyTorch train run."""
+  torch.manual_seed(0)
+  arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
+  model = ReIDNet(arch, jax_bench.NUM_CLASSES).train()
+  o = config.optim
+  optimizer = torch.optim.Adam(model.parameters(), lr=o.base_lr, betas=(o.b1, o.b2), eps=o.eps,
+                               weight_decay=o.weight_decay)
+  loss_fn = make_loss_fn(model, config)
+  if compiled:
+    loss_fn = torch.compile(loss_fn)
+  clips = torch.from_numpy(batch["clips"])
+  labels = torch.from_numpy(batch["labels"]).long()
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(clips, labels)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+  start = time.perf_counter()
+  losses = [step()]
+  warmup_s = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    losses.append(step())
+    times.append(time.perf_counter() - start)
+  return dict(warmup_s=warmup_s, step_s=float(np.median(times)), losses=losses,
+              params=sum(p.numel() for p in model.parameters()))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  jax_bench.add_model_flags(parser)
+  parser.add_argument("--no_compile", action="store_true", help="skip torch.compile")
+  parser.add_argument("--torch_threads", type=int, default=2)
+  args = parser.parse_args()
+  if args.dtype == "bfloat16":
+    parser.error("the PyTorch peer runs float32 only")
+  torch.set_num_threads(args.torch_threads)
+  config = jax_bench.load_config(args)
+  batch = jax_bench.random_batch(config)
+
+  from flax import nnx
+  jax_params = num_params(nnx.eval_shape(lambda: create_model(
+      config.model.name, num_classes=jax_bench.NUM_CLASSES, rngs=nnx.Rngs(0),
+      **config_lib.model_overrides(config))))
+  load = os.getloadavg()[0]
+  results = {"JAX (jit, XLA CPU)": jax_bench.bench_jax(config, args.steps)}
+  jax_bench.report(config, results["JAX (jit, XLA CPU)"])
+  results["PyTorch eager"] = bench_torch(config, batch, args.steps, compiled=False)
+  if not args.no_compile:
+    try:
+      results["PyTorch torch.compile"] = bench_torch(config, batch, args.steps, compiled=True)
+    except Exception as e:  # inductor needs a working C++ toolchain; report, don't abort
+      print(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+  torch_params = results["PyTorch eager"]["params"]
+  print(f"parameters: JAX {jax_params:,}  PyTorch {torch_params:,}"
+        f"  {'(equal)' if jax_params == torch_params else '(DIFFER)'}")
+  if jax_params != torch_params:
+    raise SystemExit("the two networks differ")
+
+  d = config.data
+  flops = results["JAX (jit, XLA CPU)"]["flops"]
+  eager_s = results["PyTorch eager"]["step_s"]
+  print(f"\n{config.model.name}, batch {d.batch_size} x {d.num_frames}x{d.height}x{d.width}, "
+        f"float32, torch {torch.__version__} with {args.torch_threads} threads, "
+        f"load average at start {load:.1f}")
+  print(f"| {'implementation':<24}| compile/warm-up s | step s | clips/s | GFLOP/s | "
+        f"vs PyTorch eager |")
+  print(f"|{'-' * 25}|------------------:|-------:|--------:|--------:|-----------------:|")
+  for name, r in results.items():
+    first = r.get("compile_s", r.get("warmup_s"))
+    print(f"| {name:<24}| {first:17.1f} | {r['step_s']:6.2f} | {d.batch_size / r['step_s']:7.2f} "
+          f"| {flops / r['step_s'] / 1e9:7.1f} | {eager_s / r['step_s']:15.2f}x |")
+  for name, r in results.items():
+    print(f"losses {name}: {' '.join(f'{x:.3f}' for x in r['losses'])}")
+
+
+if __name__ == "__main__":
+  main()
