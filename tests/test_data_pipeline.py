@@ -194,9 +194,12 @@ def test_same_seed_same_batches_and_process_slices_concatenate(duke):
 def test_resume_from_a_step(duke):
     it = _train(duke)
     batches = [next(it) for _ in range(3)]
-    resumed = next(_train(duke, start_step=2))
-    for key in resumed:
-        np.testing.assert_array_equal(resumed[key], batches[2][key])
+    resumed = _train(duke, start_step=2)
+    for key, value in next(resumed).items():
+        np.testing.assert_array_equal(value, batches[2][key])
+    resumed.close()
+    with pytest.raises(StopIteration):
+        next(resumed)
 
 
 # ---------------------------------------------------------------------------------------------

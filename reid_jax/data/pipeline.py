@@ -21,8 +21,10 @@ position. Measured on 2 cores, this is about twice as fast as one `crop_and_resi
 
 from __future__ import annotations
 
+import atexit
 import itertools
-from collections.abc import Iterator
+import threading
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -133,9 +135,54 @@ def _eval_clip_fn(num_frames: int, height: int, width: int):
     return clip_fn
 
 
-def _pipeline(batches, signature: dict, clip_fn, local_batch: int) -> Iterator[dict]:
+class NumpyBatches:
+    """Iterator of dicts of numpy arrays over a tf.data pipeline fed by a Python generator.
+
+    `close()` stops the pipeline and frees its threads and buffers. Open iterators are closed at
+    interpreter exit: tf.data threads still calling into the generator while Python shuts down
+    can deadlock the exit (seen here with a live training iterator: the process printed its
+    results and never exited).
+    """
+
+    def __init__(self, ds: tf.data.Dataset, stop: threading.Event):
+        self._iterator = iter(ds)
+        self._stop = stop
+        _OPEN_ITERATORS.add(self)
+
+    def __iter__(self) -> NumpyBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._iterator is None:
+            raise StopIteration
+        return {k: v.numpy() for k, v in next(self._iterator).items()}
+
+    def close(self) -> None:
+        """Stops the pipeline; later `next` calls raise StopIteration."""
+        self._stop.set()
+        self._iterator = None
+
+
+_OPEN_ITERATORS: weakref.WeakSet[NumpyBatches] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_iterators() -> None:
+    for iterator in list(_OPEN_ITERATORS):
+        iterator.close()
+
+
+def _pipeline(batches, signature: dict, clip_fn, local_batch: int) -> NumpyBatches:
     """Decodes each row of each generated batch in parallel, keeping order and batch bounds."""
-    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    stop = threading.Event()
+
+    def stoppable_batches():
+        for batch in batches():
+            if stop.is_set():
+                return
+            yield batch
+
+    ds = tf.data.Dataset.from_generator(stoppable_batches, output_signature=signature)
     ds = ds.unbatch()
     ds = ds.map(clip_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
@@ -144,8 +191,7 @@ def _pipeline(batches, signature: dict, clip_fn, local_batch: int) -> Iterator[d
     # Parallelism comes from decoding many clips at once; splitting one resize over threads
     # only adds synchronisation (about 15% more clips per CPU-second measured here).
     options.threading.max_intra_op_parallelism = 1
-    ds = ds.with_options(options)
-    return ds.as_numpy_iterator()
+    return NumpyBatches(ds.with_options(options), stop)
 
 
 def make_train_iterator(
@@ -163,7 +209,7 @@ def make_train_iterator(
     split_index: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> NumpyBatches:
     """Endless identity-balanced training batches for this process, from global step `start_step`.
 
     The global batch of step s (P identities x K tracklets, see `sampling`) is a pure function of
@@ -236,7 +282,7 @@ def make_eval_iterator(
     split_index: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> tuple[Iterator[dict[str, np.ndarray]], TrackletTable]:
+) -> tuple[NumpyBatches, TrackletTable]:
     """Every frame of every evaluation tracklet, in chunks of `num_frames` (see `eval_chunks`).
 
     `batch_size` is the global number of chunks per step; every process yields the same number
