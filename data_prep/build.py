@@ -11,8 +11,9 @@ r"""Builds a video re-id dataset from a user's download.
   those 8 JPEGs from memory-mapped shards, so a clip costs 8 small reads and 8 decodes whatever the
   tracklet's length (MARS tracklets reach 920 frames). `train` holds the tracklets training draws
   from (MARS and Duke: the train split; iLIDS-VID and PRID2011: their one TFDS split,
-  `tracklets`, filtered per person split by the pipeline), `eval` the evaluation set (MARS: all test tracklets, queries flagged; Duke: query then gallery;
-  iLIDS-VID and PRID2011: all tracklets of both cameras);
+  `tracklets`, filtered per person split by the pipeline), `eval` the evaluation set (MARS: all
+  test tracklets, queries flagged; Duke: query then gallery; iLIDS-VID and PRID2011: all
+  tracklets of both cameras);
 - `stats.json`: per split (`train`, `query`, `gallery`; iLIDS-VID and PRID2011: person split 0)
   tracklets, identities (junk -1 and distractor 0 not counted), frames, cameras and min / mean /
   max tracklet length. Junk and distractor tracklets count in the gallery, which for MARS is all
