@@ -91,26 +91,41 @@ def random_batch(config, seed: int = 0) -> dict:
   return {"clips": clips, "labels": labels}
 
 
+class CompiledStep:
+  """The compiled train step of `config` with its state and a random batch."""
+
+  def __init__(self, config):
+    setup = train.build_state(config, num_classes=NUM_CLASSES, steps_per_epoch=100,
+                              mesh=train.make_mesh())
+    self.batch = train.global_batch(random_batch(config), setup.batch_sharding)
+    step_fn = train.make_train_step(setup, config)
+    start = time.perf_counter()
+    self.compiled = step_fn.lower(setup.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", float("nan")))
+    self.state = setup.state
+    self.times, self.losses = [], []
+
+  def step(self):
+    start = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch)
+    self.losses.append(float(jax.block_until_ready(metrics["loss"])))
+    self.times.append(time.perf_counter() - start)
+
+  def result(self) -> dict:
+    """The first call pays for buffer allocation, so the median skips it."""
+    return dict(compile_s=self.compile_s, step_s=float(np.median(self.times[1:])),
+                first_s=self.times[0], flops=self.flops, losses=self.losses)
+
+
 def bench_jax(config, steps: int) -> dict:
   """Compiles and times the train step; returns seconds, FLOPs and the loss of every step."""
-  setup = train.build_state(config, num_classes=NUM_CLASSES, steps_per_epoch=100,
-                            mesh=train.make_mesh())
-  batch = train.global_batch(random_batch(config), setup.batch_sharding)
-  step_fn = train.make_train_step(setup, config)
-  start = time.perf_counter()
-  compiled = step_fn.lower(setup.state, batch).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  state = setup.state
-  times, losses = [], []
-  for _ in range(steps + 1):  # the first call pays for buffer allocation: not timed
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    losses.append(float(jax.block_until_ready(metrics["loss"])))
-    times.append(time.perf_counter() - start)
-  return dict(compile_s=compile_s, step_s=float(np.median(times[1:])), first_s=times[0],
-              flops=float(cost.get("flops", float("nan"))), losses=losses)
+  step = CompiledStep(config)
+  for _ in range(steps + 1):
+    step.step()
+  return step.result()
 
 
 def report(config, result: dict) -> None:
