@@ -30,8 +30,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.data_dir = ""      # where `python -m data_prep.build` wrote it (default <workdir>/data)
   c.dataset.manual_dir = ""    # the download; if set, a missing build is made from it
   # Synthetic MARS-layout data generated into manual_dir when it is missing (0 identities: off).
+  # The fields are `data_prep.synthetic.generate`'s arguments.
   c.dataset.synthetic = ml_collections.ConfigDict(dict(
-      identities=0, seed=0, height=128, width=64))
+      identities=0, cameras=4, tracklets_per_camera=2, min_len=16, max_len=32, height=128,
+      width=64, junk=8, distractors=8, seed=0))
   c.dataset.split_index = 0     # iLIDS-VID / PRID2011 person split used for training
 
   c.data = ml_collections.ConfigDict()
@@ -74,6 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.rerank = False
   c.eval.max_rank = 50
   c.eval.step = -1               # checkpoint step to evaluate (-1: the latest)
+  # iLIDS-VID / PRID2011: comma-separated `extract` outputs of the 10 split models, in split
+  # order; `eval` mode then reports the mean and std over the splits.
+  c.eval.split_features = ""
   c.eval.num_ranked_queries = 4  # ranked-results sheets written by the report
   c.eval.top_k = 10
 

@@ -37,6 +37,9 @@ def main(argv):
   import jax  # after flag parsing so the device flags apply before backends start
   if flags.FLAGS.cpu_devices:
     jax.config.update("jax_num_cpu_devices", flags.FLAGS.cpu_devices)
+  if flags.FLAGS.cpu_devices or os.environ.get("JAX_PLATFORMS") == "cpu":
+    # Cross-process collectives on CPU devices (local multi-process runs) go over gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if flags.FLAGS.coordinator_address:
     jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                                flags.FLAGS.process_id)

@@ -120,10 +120,23 @@ def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh) -> Setu
                             wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
   replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)
+  state = replicate(state, replicated)
   return Setup(mesh=mesh, graphdef=graphdef, state=state, replicated=replicated,
                batch_sharding=NamedSharding(mesh, P("data")), num_classes=num_classes,
                steps_per_epoch=steps_per_epoch)
+
+
+def replicate(tree, sharding: NamedSharding):
+  """Host values, identical on every process, -> global arrays replicated over the mesh.
+
+  (`jax.device_put` only reaches this process's devices when there are several processes.)
+  """
+  def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(put, tree)
 
 
 def abstract_like(state):
@@ -240,9 +253,14 @@ def evaluate_state(setup: Setup, config, data_dir: str, workdir: str | None, *, 
           setup.batch_sharding, clips)),
       eval_iter, len(table.pids))
   extract_seconds = time.time() - start
-  results = evaluation.run_protocol(
-      config_lib.protocol(config), features, table, metric=config.eval.metric,
-      rerank=config.eval.rerank, max_rank=config.eval.max_rank)
+  name = config_lib.protocol(config)
+  # A model trained on one person split is scored on that split only: the test people of the
+  # other splits were its training people. `score_split_features` averages 10 models' splits.
+  splits = ([config.dataset.split_index] if name in evaluation.protocols.SPLIT_PROTOCOLS
+            else None)
+  results = evaluation.run_protocol(name, features, table, metric=config.eval.metric,
+                                    rerank=config.eval.rerank, max_rank=config.eval.max_rank,
+                                    splits=splits)
   results["step"] = step
   log.info("Step %d, protocol %s: rank-1 %.2f%%  rank-5 %.2f%%  rank-10 %.2f%%  "
                "rank-20 %.2f%%  mAP %.2f%%  mINP %.2f%%  (features in %.1fs)", step,
@@ -294,7 +312,10 @@ def _attention_fn(setup: Setup, config, data_dir: str):
   def attention(tracklet: int):
     frames = frames_fn(tracklet)
     clip = np.resize(frames, (t,) + frames.shape[1:]) if len(frames) < t else frames[:t]
-    attentions = forward(setup.state, clip[None])
+    # Only process 0 draws: run on its own copy of the replicated weights, so the other
+    # processes need not take part in this computation.
+    local_state = jax.tree.map(lambda x: x.addressable_data(0), setup.state)
+    attentions = forward(local_state, clip[None])
     # Under jit the grids came back as arrays; the picture wants them as Python ints.
     return clip, [{"weights": np.asarray(a["weights"]),
                    "query_grid": tuple(int(v) for v in a["query_grid"]),
@@ -455,8 +476,11 @@ def _restore_for_eval(config, workdir):
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
-  """`eval` mode: restores `config.eval.step` (default the latest) and writes the report."""
+  """`eval` mode: restores `config.eval.step` (default the latest) and writes the report; with
+  `config.eval.split_features` it scores saved features instead (see `score_split_features`)."""
   config_lib.validate(config, num_devices=jax.device_count())
+  if config.eval.split_features:
+    return score_split_features(config, workdir)
   data_dir, setup, step = _restore_for_eval(config, workdir)
   results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step)
   return results
@@ -483,3 +507,32 @@ def extract(config, workdir: str) -> str:
     os.replace(tmp, path)
     log.info("Wrote %s: features %s", path, features.shape)
   return path
+
+
+def score_split_features(config, workdir: str) -> dict:
+  """The 10-split mean of iLIDS-VID / PRID2011: `config.eval.split_features` lists, comma
+  separated and in split order, the `.npz` files written by `extract` for the models trained
+  with `dataset.split_index` = 0, 1, ...; each model is scored on its own split."""
+  paths = [p.strip() for p in config.eval.split_features.split(",") if p.strip()]
+  name = config_lib.protocol(config)
+  if name not in evaluation.protocols.SPLIT_PROTOCOLS:
+    raise ValueError(f"config.eval.split_features: protocol {name!r} has no person splits")
+  features, table = [], None
+  for path in paths:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"config.eval.split_features: no file {path}")
+    with np.load(path) as saved:
+      features.append(saved["features"])
+      if table is None:
+        table = data_lib.TrackletTable(**{k: saved[k] for k in saved.files if k != "features"})
+      elif not np.array_equal(saved["pids"], table.pids):
+        raise ValueError(f"{path} holds another evaluation set than {paths[0]}")
+  results = evaluation.run_protocol(name, features, table, metric=config.eval.metric,
+                                    rerank=config.eval.rerank, max_rank=config.eval.max_rank,
+                                    splits=range(len(paths)))
+  log.info("%s over %d splits: rank-1 %.2f%% (std %.2f)  mAP %.2f%% (std %.2f)", name,
+           len(paths), 100 * results["rank1"], 100 * results["rank1_std"],
+           100 * results["mAP"], 100 * results["mAP_std"])
+  if jax.process_index() == 0:
+    evaluation.write_report(workdir, results)
+  return results
