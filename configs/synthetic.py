@@ -38,11 +38,12 @@ def get_config():
   config.model.width = 16
   config.model.bottleneck_dim = 128
 
-  config.optim.base_lr = 1e-3
-  config.optim.total_epochs = 40
-  config.optim.decay_start_epoch = 25
+  # A small network from scratch learns faster at a higher rate than the paper's fine-tuning.
+  config.optim.base_lr = 3e-3
+  config.optim.total_epochs = 60
+  config.optim.decay_start_epoch = 40
 
-  config.train.log_every_steps = 12
+  config.train.log_every_steps = 30
   config.train.checkpoint_every_steps = 60
   config.train.eval_every_epochs = 0
   return config
