@@ -174,7 +174,7 @@ def make_train_step(setup: Setup, config):
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return nnx.state((model, optimizer)), metrics
 
   return jax.jit(
@@ -402,7 +402,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending = []
         now = time.time()
         if first_step_done is None:
-          first_step_done = now  # excludes compilation from the throughput
+          log.info("step %d/%d  loss %.4f  (compiling the step and the first %d steps: %.0fs)",
+                   step, total_steps, logged["loss"], window_steps, now - window_start)
+          first_step_done = now  # throughput from here on excludes compilation
           window_start, window_steps = now, 0
         elif window_steps:
           rate = window_steps / (now - window_start)
