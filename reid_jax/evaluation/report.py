@@ -112,7 +112,8 @@ def plot_attention(path: str, clip: np.ndarray, attention: dict,
   t, y, x = (min(int(f * n), n - 1) for f, n in zip(query_position, (qt, qh, qw)))
   weights = np.asarray(attention['weights'])[0, (t * qh + y) * qw + x].reshape(kt, kh, kw)
   num_frames, height, width = clip.shape[:3]
-  fig, axes = plt.subplots(1, kt, figsize=(1.6 * kt, 3.6), dpi=DPI, squeeze=False)
+  # At least ~4 inches wide so the title fits when T' is small (short demo clips).
+  fig, axes = plt.subplots(1, kt, figsize=(max(1.6 * kt, 4.2), 3.6), dpi=DPI, squeeze=False)
   for k, ax in enumerate(axes[0]):
     frame = clip[min(int((k + 0.5) * num_frames / kt), num_frames - 1)]
     ax.imshow(frame)
@@ -125,8 +126,9 @@ def plot_attention(path: str, clip: np.ndarray, attention: dict,
               markersize=16, markeredgecolor='black')
     ax.set_axis_off()
     ax.set_title(f'key frame {k}', fontsize=8)
-  fig.suptitle('non-local attention of the starred position (+ = strongest per frame)',
+  fig.suptitle('non-local attention of the starred position\n(+ = strongest per frame)',
                fontsize=9)
+  fig.subplots_adjust(top=0.8)  # room for the two-line title above the frame titles
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
   return path
