@@ -25,14 +25,4 @@ from reid_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.default_config()
-  config.dataset.name = "ilidsvid"
-  # 150 training people: P=16 x K=4 keeps 9 steps per epoch; fine-tuning needs fewer epochs.
-  config.data.P = 16
-  config.data.batch_size = 64
-  config.optim.base_lr = 1e-4
-  config.optim.total_epochs = 100
-  config.optim.decay_start_epoch = 50
-  config.train.eval_every_epochs = 25
-  config.train.checkpoint_every_steps = 200
-  return config
+  return config_lib.split_dataset_finetuning("ilidsvid")

@@ -89,6 +89,21 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
+  """iLIDS-VID / PRID2011: fine-tuning a MARS model on one person split (about 150 / 89 train
+  people, so P=16 x K=4 and fewer, slower epochs than MARS training)."""
+  config = default_config()
+  config.dataset.name = name
+  config.data.P = 16
+  config.data.batch_size = 64
+  config.optim.base_lr = 1e-4
+  config.optim.total_epochs = 100
+  config.optim.decay_start_epoch = 50
+  config.train.eval_every_epochs = 25
+  config.train.checkpoint_every_steps = 200
+  return config
+
+
 def model_overrides(config) -> dict:
   """`create_model` keyword arguments from `config.model` (all but the name)."""
   return {k: (tuple(v) if isinstance(v, (list, tuple)) else v)

@@ -238,20 +238,27 @@ def _format_eta(seconds: float) -> str:
 # Evaluation: features of every eval tracklet, the protocol's numbers, the pictures.
 # ---------------------------------------------------------------------------------------------
 
-def evaluate_state(setup: Setup, config, data_dir: str, workdir: str | None, *, step: int,
-                   feature_fn=None) -> dict:
-  """Extracts features, scores the configured protocol and (with `workdir`) writes the report."""
+def extract_eval_features(setup: Setup, config, data_dir: str, feature_fn=None):
+  """Per-tracklet features `[N, D]` of the evaluation set (the same on every process), and its
+  TrackletTable."""
   feature_fn = feature_fn or make_feature_fn(setup)
   eval_iter, table = data_lib.make_eval_iterator(
       data_dir, config.dataset.name, batch_size=config.data.eval_batch_size,
       num_frames=config.data.num_frames, height=config.data.height, width=config.data.width,
       split_index=config.dataset.split_index)
   state = setup.state
-  start = time.time()
   features = evaluation.extract_features(
       lambda clips: feature_fn(state, jax.make_array_from_process_local_data(
           setup.batch_sharding, clips)),
       eval_iter, len(table.pids))
+  return features, table
+
+
+def evaluate_state(setup: Setup, config, data_dir: str, workdir: str | None, *, step: int,
+                   feature_fn=None) -> dict:
+  """Extracts features, scores the configured protocol and (with `workdir`) writes the report."""
+  start = time.time()
+  features, table = extract_eval_features(setup, config, data_dir, feature_fn)
   extract_seconds = time.time() - start
   name = config_lib.protocol(config)
   # A model trained on one person split is scored on that split only: the test people of the
@@ -417,22 +424,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
         log.warning("Stopping at step %d after a preemption checkpoint.", step)
         return {"preempted_at_step": step}
       if due_eval:
-        results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step,
-                                       feature_fn=feature_fn)
-        writer.write(step, {f"eval/{k}": results[k]
-                            for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")})
+        results = _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer)
     _flush_metrics(pending, writer, schedule)
     pending = []
     ckpt.maybe_save(step, state=setup.state,
                     meta=_meta(config, step, step // setup.steps_per_epoch), force=True)
-    results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step,
-                                   feature_fn=feature_fn)
-    writer.write(step, {f"eval/{k}": results[k]
-                        for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")})
+    results = _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer)
     return results
   finally:
     ckpt.close()
     writer.close()
+
+
+def _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer) -> dict:
+  results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step,
+                                 feature_fn=feature_fn)
+  writer.write(step, {f"eval/{k}": results[k]
+                      for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")})
+  return results
 
 
 def _flush_metrics(pending, writer: MetricWriter, schedule) -> dict:
@@ -492,15 +501,7 @@ def extract(config, workdir: str) -> str:
   """`extract` mode: per-tracklet features, pids and cameras of the eval set to a `.npz`."""
   config_lib.validate(config, num_devices=jax.device_count())
   data_dir, setup, step = _restore_for_eval(config, workdir)
-  eval_iter, table = data_lib.make_eval_iterator(
-      data_dir, config.dataset.name, batch_size=config.data.eval_batch_size,
-      num_frames=config.data.num_frames, height=config.data.height, width=config.data.width,
-      split_index=config.dataset.split_index)
-  feature_fn = make_feature_fn(setup)
-  state = setup.state
-  features = evaluation.extract_features(
-      lambda clips: feature_fn(state, jax.make_array_from_process_local_data(
-          setup.batch_sharding, clips)), eval_iter, len(table.pids))
+  features, table = extract_eval_features(setup, config, data_dir)
   path = os.path.join(workdir, f"features_step{step}.npz")
   if jax.process_index() == 0:
     arrays = {k: v for k, v in dataclasses.asdict(table).items() if v is not None}
