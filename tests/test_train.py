@@ -22,7 +22,11 @@ def saved_arrays(workdir, step):
   with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "meta"),
                              options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return dict(jax.tree_util.tree_flatten_with_path(restored["state"])[0])
+  def host(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)  # the dropout RNG's state
+    return np.asarray(x)
+  return {k: host(v) for k, v in jax.tree_util.tree_flatten_with_path(restored["state"])[0]}
 
 
 def test_validation_names_the_field():
