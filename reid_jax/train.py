@@ -275,10 +275,10 @@ def evaluate_state(setup: Setup, config, data_dir: str, workdir: str | None, *, 
                                       ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")),
                extract_seconds)
   if workdir is not None and jax.process_index() == 0:
+    frames_fn = _frames_fn(data_dir, config)
     evaluation.write_report(
         workdir, results, features=features, table=table, config=config,
-        frames_fn=_frames_fn(data_dir, config),
-        attention_fn=_attention_fn(setup, config, data_dir),
+        frames_fn=frames_fn, attention_fn=_attention_fn(setup, config, frames_fn),
         num_queries=config.eval.num_ranked_queries, top_k=config.eval.top_k)
   return results, features, table
 
@@ -301,12 +301,12 @@ def _frames_fn(data_dir: str, config, max_frames: int = 32):
   return frames
 
 
-def _attention_fn(setup: Setup, config, data_dir: str):
-  """For non-local models: `tracklet -> (frames, attention dicts)` of its first chunk."""
+def _attention_fn(setup: Setup, config, frames_fn):
+  """For non-local models: `tracklet -> (frames, attention dicts)` of its first chunk, whose
+  frames come from `frames_fn` (the one the ranked sheets use)."""
   arch = nnx.merge(setup.graphdef, setup.state)[0].arch
   if not arch.nonlocal_stages or not arch.inflate:
     return None
-  frames_fn = _frames_fn(data_dir, config)
   t = config.data.num_frames
   graphdef = setup.graphdef
 
