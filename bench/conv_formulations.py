@@ -18,6 +18,8 @@ Spatial `1 x k x k` formulations:
   shifted_dots  sum of k*k channel matmuls over shifted slices
 Temporal `k x 1 x 1` formulations:
   shifted_dots  sum of k channel matmuls over time-shifted copies (the model's TemporalConv)
+  few_channel   (C <= 4: the stem) k*C broadcast multiply-adds forward, the conv2d_t_hw
+                gradients backward (the model's TemporalConv on the 3 colour channels)
   conv3d_ndhwc  the 3D conv primitive with a k x 1 x 1 kernel
   conv2d_t_hw   2D conv with a k x 1 kernel over (T, H*W)
   conv1d_bhw    1D conv over T with (B H W) folded into the batch (a transpose each way)
@@ -36,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+
+from reid_jax.models.layers import FEW_CHANNELS, few_channel_temporal_conv
 
 # (name, B*T frames per clip given T, T, H, W, C_in, C_out, k, stride)
 SPATIAL_SHAPES = (
@@ -120,7 +124,7 @@ def spatial_formulations(k, stride):
   return forms
 
 
-def temporal_formulations(k):
+def temporal_formulations(k, channels):
   """name -> f(x [B, T, H, W, C], w [k, C, C]) -> [B, T, H, W, C]."""
   p = k // 2
 
@@ -152,8 +156,11 @@ def temporal_formulations(k):
     stacked = jnp.concatenate([padded[:, i:i + t] for i in range(k)], axis=-1)
     return jnp.einsum("bthwc,cd->bthwd", stacked, w.reshape(-1, w.shape[-1]))
 
-  return dict(shifted_dots=shifted_dots, conv3d_ndhwc=conv3d_ndhwc, conv2d_t_hw=conv2d_t_hw,
-              conv1d_bhw=conv1d_bhw, im2col=im2col)
+  forms = dict(shifted_dots=shifted_dots, conv3d_ndhwc=conv3d_ndhwc, conv2d_t_hw=conv2d_t_hw,
+               conv1d_bhw=conv1d_bhw, im2col=im2col)
+  if channels <= FEW_CHANNELS:
+    forms["few_channel"] = few_channel_temporal_conv
+  return forms
 
 
 def time_call(fn, reps):
@@ -238,7 +245,7 @@ def bench_temporal(args, rng):
     x = rng.standard_normal((args.batch, t, h, w_, c), np.float32)
     w = rng.standard_normal((k, c, c), np.float32) * 0.05
     flops = 2 * args.batch * t * h * w_ * c * c * k * (3 if args.pass_ == "train" else 1)
-    forms = temporal_formulations(k)
+    forms = temporal_formulations(k, c)
     check_close(forms, jnp.asarray(x), jnp.asarray(w))
     row = {}
     for fname, f in forms.items():

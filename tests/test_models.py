@@ -140,6 +140,37 @@ def test_remat_changes_nothing_but_memory():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [3, 8])
+def test_temporal_conv_matches_a_3d_convolution_in_values_and_gradients(channels):
+  """Both temporal-conv paths (broadcast for few channels, matmuls otherwise) against lax's 3D
+  convolution, forward and both gradients; the stem's 3-channel path has its own VJP."""
+  from reid_jax.models.layers import FEW_CHANNELS, TemporalConv
+  assert (channels <= FEW_CHANNELS) == (channels == 3)
+  conv = TemporalConv(channels, 5, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(channels)
+  conv.kernel[...] = jnp.asarray(rng.normal(size=(5, channels, channels)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, 6, 5, 4, channels)), jnp.float32)
+  probe = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def reference(kernel, x):
+    return jax.lax.conv_general_dilated(x, kernel[:, None, None], (1, 1, 1),
+                                        ((2, 2), (0, 0), (0, 0)),
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                        precision="highest")
+
+  graphdef, state = nnx.split(conv)
+
+  def ours(kernel, x):  # the module as a function of its only parameter
+    return nnx.merge(graphdef, jax.tree.map(lambda _: kernel, state))(x)
+
+  np.testing.assert_allclose(ours(conv.kernel[...], x), reference(conv.kernel[...], x),
+                             rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.grad(lambda k, x: jnp.sum(f(k, x) * probe), argnums=(0, 1))
+  kernel = conv.kernel[...]
+  for got, want in zip(grad(ours)(kernel, x), grad(reference)(kernel, x)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_create_model_rejects_bad_names():
   with pytest.raises(ValueError, match="unknown model 'resnet18'"):
     create_model("resnet18", num_classes=2, rngs=nnx.Rngs(0))

@@ -83,14 +83,62 @@ class TemporalConv(nnx.Module):
     self.kernel = nnx.Param(temporal_identity_kernel(kernel_size, features, "mean", param_dtype))
 
   def __call__(self, x):  # [B, T, H, W, C]
-    k = self.kernel_size
-    pad = k // 2
     kernel = self.kernel[...].astype(self.dtype)
     x = x.astype(self.dtype)
+    if x.shape[-1] <= FEW_CHANNELS:
+      return few_channel_temporal_conv(x, kernel)
+    t, pad = x.shape[1], self.kernel_size // 2
     padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
-    t = x.shape[1]
-    return sum(
-        jnp.einsum("bthwc,cd->bthwd", padded[:, tap:tap + t], kernel[tap]) for tap in range(k))
+    return sum(jnp.einsum("bthwc,cd->bthwd", padded[:, tap:tap + t], kernel[tap])
+               for tap in range(self.kernel_size))
+
+
+# At or below this many channels (the stem's 3 colour channels) a temporal conv is computed as
+# broadcast multiply-adds, not matmuls: a matmul whose minor dimension is 3 wastes almost all
+# of a vector unit.
+FEW_CHANNELS = 4
+
+
+def _temporal_conv_2d(x, kernel):
+  """The temporal conv as a 2D conv over `(T, H*W)` with a `k_t x 1` window."""
+  b, t, h, w, c = x.shape
+  pad = kernel.shape[0] // 2
+  y = jax.lax.conv_general_dilated(
+      x.reshape(b, t, h * w, c), kernel[:, None], (1, 1), ((pad, pad), (0, 0)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+  return y.reshape(b, t, h, w, kernel.shape[-1]).astype(x.dtype)
+
+
+@jax.custom_vjp
+def few_channel_temporal_conv(x, kernel):
+  """`k_t x 1 x 1` conv of a clip with few channels (`[B, T, H, W, C] x [k_t, C, D]`).
+
+  The forward pass and the input gradient are `k_t * C` broadcast multiply-adds each, which XLA
+  fuses into one loop over the clip; the kernel gradient is that of the same conv written as a
+  2D convolution (`_temporal_conv_2d`), a dense reduction. Matmuls or convolutions whose minor
+  dimension is 3 run at well under 1 GFLOP/s on CPUs (bench/README.md).
+  """
+  t, pad = x.shape[1], kernel.shape[0] // 2
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0))).astype(jnp.float32)
+  w = kernel.astype(jnp.float32)
+  out = sum(padded[:, tap:tap + t, ..., c:c + 1] * w[tap, c]
+            for tap in range(kernel.shape[0]) for c in range(kernel.shape[1]))
+  return out.astype(x.dtype)
+
+
+def _few_channel_fwd(x, kernel):
+  return few_channel_temporal_conv(x, kernel), (x, kernel)
+
+
+def _few_channel_bwd(residuals, dy):
+  x, kernel = residuals
+  # The input gradient is the same conv of dy with the taps reversed and transposed.
+  dx = few_channel_temporal_conv(dy, jnp.swapaxes(kernel[::-1], 1, 2))
+  _, kernel_vjp = jax.vjp(lambda k: _temporal_conv_2d(x, k), kernel)
+  return dx.astype(x.dtype), kernel_vjp(dy)[0]
+
+
+few_channel_temporal_conv.defvjp(_few_channel_fwd, _few_channel_bwd)
 
 
 def temporal_identity_kernel(kernel_size: int, features: int, rule: str, dtype=jnp.float32):
