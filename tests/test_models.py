@@ -171,6 +171,27 @@ def test_temporal_conv_matches_a_3d_convolution_in_values_and_gradients(channels
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("pool, window, strides, padding", [
+    ("spatial", (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1))),
+    ("temporal", (2, 1, 1), (2, 1, 1), ((0, 0),) * 3),
+    ("spatial_valid", (1, 2, 2), (1, 2, 2), ((0, 0),) * 3),
+])
+def test_max_pools_match_reduce_window_in_values_and_gradients(pool, window, strides, padding):
+  """The slice-maximum pools against `nnx.max_pool` (reduce_window) on tie-free inputs, odd
+  sizes included, and their gradient."""
+  from reid_jax.models import layers
+  ours = {"spatial": lambda x: layers.max_pool_spatial(x, 3, 2),
+          "temporal": layers.max_pool_temporal,
+          "spatial_valid": layers.max_pool_spatial_valid}[pool]
+  reference = lambda x: nnx.max_pool(x, window, strides=strides, padding=padding)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.permutation(4 * 6 * 7 * 5 * 3).reshape(4, 6, 7, 5, 3), jnp.float32) - 100
+  np.testing.assert_array_equal(ours(x), reference(x))
+  probe = jnp.asarray(rng.normal(size=reference(x).shape), jnp.float32)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
+  np.testing.assert_allclose(grad(ours), grad(reference), rtol=1e-6)
+
+
 def test_create_model_rejects_bad_names():
   with pytest.raises(ValueError, match="unknown model 'resnet18'"):
     create_model("resnet18", num_classes=2, rngs=nnx.Rngs(0))

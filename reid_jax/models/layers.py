@@ -13,6 +13,8 @@ one (paper Fig. 3d); neither needs a 3D convolution primitive:
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import einops
@@ -155,23 +157,46 @@ def temporal_identity_kernel(kernel_size: int, features: int, rule: str, dtype=j
   raise ValueError(f"temporal_init must be 'mean' or 'center', got {rule!r}")
 
 
+def max_pool(x, window: tuple[int, int, int], strides: tuple[int, int, int],
+             padding: tuple[tuple[int, int], ...] = ((0, 0),) * 3):
+  """Max-pool of a clip `[B, T, H, W, C]` over (T, H, W), padded with -inf.
+
+  Computed as the elementwise maximum of the window's strided slices: the same values as
+  `reduce_window`, and a gradient of selects and pads that XLA fuses, where `reduce_window`'s
+  gradient (select-and-scatter) expands on CPUs into index arrays and a scatter as large as the
+  input (9x slower for the stem's pool in a train step; bench/README.md). On ties the gradient is
+  shared between the tied inputs rather than given to the first; in the network ties are ReLU
+  zeros, whose gradient is zero either way.
+  """
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+  out = [(x.shape[1 + a] - window[a]) // strides[a] + 1 for a in range(3)]
+  if min(out) < 1:
+    raise ValueError(f"max-pool window {window} is larger than the padded clip {x.shape[1:4]}")
+  taps = []
+  for offset in itertools.product(*(range(k) for k in window)):
+    start = (0, *offset, 0)
+    limit = (x.shape[0], *(o + (n - 1) * s + 1 for o, n, s in zip(offset, out, strides)),
+             x.shape[-1])
+    taps.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
+  return functools.reduce(jnp.maximum, taps)
+
+
 def max_pool_spatial(x, window: int, stride: int):
   """`1 x k x k` max-pool with torchvision's padding (k // 2, padded with -inf)."""
   pad = window // 2
-  return nnx.max_pool(x, (1, window, window), strides=(1, stride, stride),
-                      padding=((0, 0), (pad, pad), (pad, pad)))
+  return max_pool(x, (1, window, window), (1, stride, stride), ((0, 0), (pad, pad), (pad, pad)))
 
 
 def max_pool_temporal(x, window: int = 2):
   """`k x 1 x 1` max-pool with stride k: halves T after res2 as in the I3D ResNet-50."""
   if x.shape[1] % window:
     raise ValueError(f"temporal pooling by {window} needs T divisible by {window}, got T={x.shape[1]}")
-  return nnx.max_pool(x, (window, 1, 1), strides=(window, 1, 1))
+  return max_pool(x, (window, 1, 1), (window, 1, 1))
 
 
 def max_pool_spatial_valid(x):
   """`1 x 2 x 2` max-pool, stride 1x2x2, no padding: the non-local block's optional phi/g pooling."""
-  return nnx.max_pool(x, (1, 2, 2), strides=(1, 2, 2), padding="VALID")
+  return max_pool(x, (1, 2, 2), (1, 2, 2))
 
 
 def fan_in_normal(std_scale: float = 1.0):
