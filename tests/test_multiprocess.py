@@ -1,13 +1,17 @@
-"""Two local processes x 2 CPU devices train exactly like one process x 4 devices."""
+"""Two local processes x 2 CPU devices train exactly like one process x 4 devices; their
+checkpoint evaluates alike in 1 process and in 2 processes started through an emulated srun."""
 
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 
 import numpy as np
 
 from reid_jax import train
+from test_launch import clean_env, write_fake_srun
 from tiny_training import tiny_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +22,33 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def slurm_job_id_with_free_port() -> int:
+  """A job id whose coordinator port is free: JAX's SlurmCluster
+  (jax/_src/clusters/slurm_cluster.py) puts it at 61440 + SLURM_JOB_ID % 4096."""
+  first = random.randrange(1, 1 << 20)
+  for job_id in range(first, first + 4096):
+    with socket.socket() as s:
+      try:
+        s.bind(("", 61440 + job_id % 4096))
+      except OSError:
+        continue
+    return job_id
+  raise RuntimeError("no free port in 61440-65535 for the SLURM coordinator")
+
+
+def run_in_own_session(args, env, timeout) -> subprocess.CompletedProcess:
+  """subprocess.run that, on timeout, also kills the processes `args` started."""
+  with subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True, start_new_session=True) as proc:
+    try:
+      out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      out, err = proc.communicate()
+      raise AssertionError(f"{args[:2]} timed out after {timeout}s:\n{out}{err}") from None
+  return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def train_losses(workdir) -> dict[int, float]:
@@ -58,3 +89,22 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   written = final_eval(two)
   np.testing.assert_allclose(restored["mAP"], written["eval/mAP"], rtol=1e-5)
   np.testing.assert_allclose(restored["rank1"], written["eval/rank1"], rtol=1e-5)
+
+  # The same checkpoint evaluated by `launch.sh slurm` under an emulated srun (2 tasks on this
+  # node, 2 CPU devices each): JAX finds the 2 processes from the SLURM environment alone.
+  (two / "metrics.json").unlink()
+  bin_dir = tmp_path / "slurm_bin"
+  write_fake_srun(bin_dir)
+  env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", JAX_PLATFORMS="cpu",
+                  SLURM_JOB_ID=str(slurm_job_id_with_free_port()), SLURM_NTASKS="2",
+                  SLURM_NNODES="1", SLURM_JOB_NODELIST="localhost")
+  env.pop("XLA_FLAGS", None)
+  result = run_in_own_session(
+      ["./launch.sh", "slurm", "--cpu_devices=2", "--config=configs/synthetic.py",
+       f"--workdir={two}", *tiny_flags(data_dir, mode="eval", **SHORT)], env, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "4 devices (cpu) over 2 processes" in result.stderr, result.stderr
+  evaluated = json.loads((two / "metrics.json").read_text())
+  assert evaluated["step"] == 4
+  np.testing.assert_allclose(evaluated["mAP"], written["eval/mAP"], rtol=1e-5)
+  np.testing.assert_allclose(evaluated["rank1"], written["eval/rank1"], rtol=1e-5)
