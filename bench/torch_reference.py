@@ -1,6 +1,7 @@
 r"""The same network and train step in PyTorch, timed beside the JAX step in one run.
 
-    python bench/torch_reference.py [--batch 8] [--steps 3] [--no_compile] [train_step.py flags]
+    python bench/torch_reference.py [--batch 8] [--steps 3] [--no_compile] [--interleave]
+        [train_step.py flags]
 
 The PyTorch peer is what a PyTorch video re-id codebase would run: the temporally separable
 inflated ResNet-50 as `Conv3d` layers (`k x 1 x 1` temporal, `1 x k x k` spatial, NCDHW,
@@ -9,7 +10,9 @@ cross-entropy + batch-hard triplet loss and `torch.optim.Adam` with coupled weig
 same uint8 clips and labels as the JAX step. It runs eagerly, then under `torch.compile`
 (inductor: forward and backward compiled, the optimiser step eager). Parameter counts of both
 networks are checked equal before timing. The table's last column is the speed relative to
-PyTorch eager (above 1: faster).
+PyTorch eager (above 1: faster). `--interleave` takes the JAX and PyTorch eager steps in turn
+(both networks in memory at once) and prints the ratio of each pair: on a machine whose speed
+drifts with other work, that ratio is steadier than two medians taken minutes apart.
 """
 
 import argparse
@@ -158,37 +161,59 @@ def make_loss_fn(model, config):
   return loss_fn
 
 
+class TorchStep:
+  """The PyTorch peer's train step on `batch`, timed call by call like `CompiledStep`."""
+
+  def __init__(self, config, batch, compiled: bool):
+    torch.manual_seed(0)
+    arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
+    self.model = ReIDNet(arch, jax_bench.NUM_CLASSES).train()
+    o = config.optim
+    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.base_lr, betas=(o.b1, o.b2),
+                                      eps=o.eps, weight_decay=o.weight_decay)
+    self.loss_fn = make_loss_fn(self.model, config)
+    if compiled:
+      self.loss_fn = torch.compile(self.loss_fn)
+    self.clips = torch.from_numpy(batch["clips"])
+    self.labels = torch.from_numpy(batch["labels"]).long()
+    self.times, self.losses = [], []
+
+  def step(self):
+    start = time.perf_counter()
+    self.optimizer.zero_grad(set_to_none=True)
+    loss = self.loss_fn(self.clips, self.labels)
+    loss.backward()
+    self.optimizer.step()
+    self.losses.append(float(loss.detach()))
+    self.times.append(time.perf_counter() - start)
+
+  def result(self) -> dict:
+    """The first call is the warm-up (and compilation); the median skips it."""
+    return dict(warmup_s=self.times[0], step_s=float(np.median(self.times[1:])),
+                losses=self.losses, params=sum(p.numel() for p in self.model.parameters()))
+
+
 def bench_torch(config, batch, steps: int, compiled: bool) -> dict:
   """Warm-up (and compile) time, median step time and the losses of a PyTorch train run."""
-  torch.manual_seed(0)
-  arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
-  model = ReIDNet(arch, jax_bench.NUM_CLASSES).train()
-  o = config.optim
-  optimizer = torch.optim.Adam(model.parameters(), lr=o.base_lr, betas=(o.b1, o.b2), eps=o.eps,
-                               weight_decay=o.weight_decay)
-  loss_fn = make_loss_fn(model, config)
-  if compiled:
-    loss_fn = torch.compile(loss_fn)
-  clips = torch.from_numpy(batch["clips"])
-  labels = torch.from_numpy(batch["labels"]).long()
+  step = TorchStep(config, batch, compiled)
+  for _ in range(steps + 1):
+    step.step()
+  return step.result()
 
-  def step():
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(clips, labels)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
 
-  start = time.perf_counter()
-  losses = [step()]
-  warmup_s = time.perf_counter() - start
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    losses.append(step())
-    times.append(time.perf_counter() - start)
-  return dict(warmup_s=warmup_s, step_s=float(np.median(times)), losses=losses,
-              params=sum(p.numel() for p in model.parameters()))
+def interleaved(config, batch, steps: int) -> dict:
+  """JAX and PyTorch eager steps taken in turn, so both see the same moments of a noisy machine;
+  prints each pair's ratio."""
+  jax_step, torch_step = jax_bench.CompiledStep(config), TorchStep(config, batch, False)
+  for i in range(steps + 1):
+    jax_step.step()
+    torch_step.step()
+    print(f"  pair {i}: JAX {jax_step.times[-1]:7.2f} s  PyTorch eager {torch_step.times[-1]:7.2f} s"
+          f"  ratio {torch_step.times[-1] / jax_step.times[-1]:.3f}"
+          f"{'  (warm-up)' if i == 0 else ''}  load {os.getloadavg()[0]:.1f}", flush=True)
+  ratios = [t / j for j, t in zip(jax_step.times[1:], torch_step.times[1:])]
+  print(f"  median pair ratio (PyTorch eager / JAX): {np.median(ratios):.3f}")
+  return {"JAX (jit, XLA CPU)": jax_step.result(), "PyTorch eager": torch_step.result()}
 
 
 def main():
@@ -196,6 +221,8 @@ def main():
   jax_bench.add_model_flags(parser)
   parser.add_argument("--no_compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--torch_threads", type=int, default=2)
+  parser.add_argument("--interleave", action="store_true",
+                      help="alternate JAX and PyTorch eager steps (fairest on a shared machine)")
   args = parser.parse_args()
   if args.dtype == "bfloat16":
     parser.error("the PyTorch peer runs float32 only")
@@ -208,9 +235,13 @@ def main():
       config.model.name, num_classes=jax_bench.NUM_CLASSES, rngs=nnx.Rngs(0),
       **config_lib.model_overrides(config))))
   load = os.getloadavg()[0]
-  results = {"JAX (jit, XLA CPU)": jax_bench.bench_jax(config, args.steps)}
-  jax_bench.report(config, results["JAX (jit, XLA CPU)"])
-  results["PyTorch eager"] = bench_torch(config, batch, args.steps, compiled=False)
+  if args.interleave:
+    results = interleaved(config, batch, args.steps)
+    jax_bench.report(config, results["JAX (jit, XLA CPU)"])
+  else:
+    results = {"JAX (jit, XLA CPU)": jax_bench.bench_jax(config, args.steps)}
+    jax_bench.report(config, results["JAX (jit, XLA CPU)"])
+    results["PyTorch eager"] = bench_torch(config, batch, args.steps, compiled=False)
   if not args.no_compile:
     try:
       results["PyTorch torch.compile"] = bench_torch(config, batch, args.steps, compiled=True)

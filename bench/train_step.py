@@ -3,18 +3,26 @@ r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, l
     python bench/train_step.py [--config configs/mars.py] [--batch 8] [--steps 3]
         [--dtype float32|bfloat16] [--remat] [--attention_impl einsum|xla|cudnn]
         [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
+        [--profile DIR]
 
 The step is `reid_jax.train.make_train_step` on the state of `build_state` (625 classes, the
 MARS training identities) over every local device, fed random uint8 clips whose labels form
 identity-balanced P x K groups (K = 4) so the batch-hard triplet loss mines as in training. No
 dataset is read. FLOPs are XLA's cost analysis of the compiled step (a multiply-add is 2 FLOPs;
 forward, backward and optimiser); on a GPU, MFU is against the device's dense bf16 peak whatever
-`--dtype`, the usual convention.
+`--dtype`, the usual convention. `--profile DIR` traces one more step with `jax.profiler` into DIR
+(TensorBoard's profile plugin reads it) and prints the time of XLA's ops per kind (the fusion or
+op name without its number), which is where the CPU step's time goes.
 """
 
 import argparse
+import collections
+import glob
+import gzip
 import importlib.util
+import json
 import os
+import re
 import time
 
 import jax
@@ -120,12 +128,39 @@ class CompiledStep:
                 first_s=self.times[0], flops=self.flops, losses=self.losses)
 
 
+def profile_step(step: CompiledStep, logdir: str, top: int = 15) -> None:
+  """Traces one step and prints the summed time of XLA's ops by kind (name without suffix)."""
+  jax.profiler.start_trace(logdir)
+  step.step()
+  jax.profiler.stop_trace()
+  trace = max(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.trace.json.gz")),
+              key=os.path.getmtime)
+  events = [e for e in json.load(gzip.open(trace))["traceEvents"] if e.get("ph") == "X"]
+  # Leaves are XLA's ops; the rest are the runtime's and Python's own spans around them.
+  runtime = ("$", "Thunk", "Pjit", "Slinky", "Common", "Parse")
+  kinds, counts = collections.Counter(), collections.Counter()
+  for e in events:
+    if not e["name"].startswith(runtime):
+      kind = re.sub(r"\.\d+$", "", e["name"])
+      kinds[kind] += e["dur"] / 1e6
+      counts[kind] += 1
+  total = sum(kinds.values())
+  print(f"  profiled step    {step.times[-1]:8.3f} s; XLA ops {total:.3f} s in all (ops of "
+        f"one step may overlap), trace in {logdir}")
+  for kind, seconds in kinds.most_common(top):
+    print(f"    {seconds:8.3f} s {100 * seconds / total:5.1f}%  x{counts[kind]:<4d} {kind}")
+
+
 def bench_jax(config, steps: int) -> dict:
   """Compiles and times the train step; returns seconds, FLOPs and the loss of every step."""
+  return run_steps(config, steps).result()
+
+
+def run_steps(config, steps: int) -> CompiledStep:
   step = CompiledStep(config)
   for _ in range(steps + 1):
     step.step()
-  return step.result()
+  return step
 
 
 def report(config, result: dict) -> None:
@@ -153,9 +188,13 @@ def report(config, result: dict) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_model_flags(parser)
+  parser.add_argument("--profile", default=None, help="trace one more step into this directory")
   args = parser.parse_args()
   config = load_config(args)
-  report(config, bench_jax(config, args.steps))
+  step = run_steps(config, args.steps)
+  report(config, step.result())
+  if args.profile:
+    profile_step(step, args.profile)
 
 
 if __name__ == "__main__":
