@@ -16,6 +16,10 @@ from tiny_training import tiny_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = {"optim.total_epochs": 2, "optim.decay_start_epoch": 1}  # 4 steps
+# The processes get their devices from their flags, and compile for themselves: JAX writes the
+# persistent compilation cache from process 0 only, so with the cache process 0 would wait at the
+# first collective while process 1 compiles, and Gloo gives up after 30 s on a loaded machine.
+SUBPROCESS_UNSET = ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
 
 
 def free_port() -> int:
@@ -63,7 +67,7 @@ def final_eval(workdir) -> dict:
 
 def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_path):
   two = tmp_path / "two_processes"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {k: v for k, v in os.environ.items() if k not in SUBPROCESS_UNSET}
   env.update(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2")
   result = subprocess.run(
       ["./launch.sh", "local", "2", "--config=configs/synthetic.py", f"--workdir={two}",
@@ -98,7 +102,8 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", JAX_PLATFORMS="cpu",
                   SLURM_JOB_ID=str(slurm_job_id_with_free_port()), SLURM_NTASKS="2",
                   SLURM_NNODES="1", SLURM_JOB_NODELIST="localhost")
-  env.pop("XLA_FLAGS", None)
+  for name in SUBPROCESS_UNSET:
+    env.pop(name, None)
   result = run_in_own_session(
       ["./launch.sh", "slurm", "--cpu_devices=2", "--config=configs/synthetic.py",
        f"--workdir={two}", *tiny_flags(data_dir, mode="eval", **SHORT)], env, timeout=600)
