@@ -9,6 +9,8 @@ one (paper Fig. 3d); neither needs a 3D convolution primitive:
   3D ones on CPU and use the same cuDNN/TPU kernels as image models elsewhere;
 - the temporal convolution is a sum of `k_t` channel matmuls over time-shifted copies of the
   clip. It is a dense matmul on every backend and never transposes the activations.
+  On the stem's 3 colour channels, where a matmul would be all overhead, it is `k_t * 3`
+  broadcast multiply-adds instead (`few_channel_temporal_conv`).
 """
 
 from __future__ import annotations
@@ -164,7 +166,8 @@ def max_pool(x, window: tuple[int, int, int], strides: tuple[int, int, int],
   Computed as the elementwise maximum of the window's strided slices: the same values as
   `reduce_window`, and a gradient of selects and pads that XLA fuses, where `reduce_window`'s
   gradient (select-and-scatter) expands on CPUs into index arrays and a scatter as large as the
-  input (9x slower for the stem's pool in a train step; bench/README.md). On ties the gradient is
+  input (forward + gradient 4x slower for the stem's pool, 10x for the temporal pool;
+  bench/README.md). On ties the gradient is
   shared between the tied inputs rather than given to the first; in the network ties are ReLU
   zeros, whose gradient is zero either way.
   """
