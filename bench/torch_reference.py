@@ -103,11 +103,9 @@ class ReIDNet(nn.Module):
     stages, cin = [], arch.width
     for stage, depth in enumerate(arch.stage_depths):
       planes = arch.width * 2 ** stage
-      stride = 1 if stage == 0 else (arch.last_stride
-                                     if stage == len(arch.stage_depths) - 1 else 2)
       blocks = []
       for block in range(depth):
-        blocks.append(Bottleneck(cin, planes, stride if block == 0 else 1,
+        blocks.append(Bottleneck(cin, planes, arch.stage_stride(stage) if block == 0 else 1,
                                  arch.temporal_kernel(stage, block),
                                  arch.has_nonlocal(stage, block)))
         cin = planes * 4

@@ -69,6 +69,12 @@ class Architecture:
   def has_nonlocal(self, stage: int, block: int) -> bool:
     return stage in self.nonlocal_stages and block % 2 == 1
 
+  def stage_stride(self, stage: int) -> int:
+    """Spatial stride of a stage's first block: 1 for res2, `last_stride` for res5, else 2."""
+    if stage == 0:
+      return 1
+    return self.last_stride if stage == len(self.stage_depths) - 1 else 2
+
   @property
   def feature_dim(self) -> int:
     return self.width * 2 ** (len(self.stage_depths) - 1) * Bottleneck.expansion
@@ -159,12 +165,10 @@ class ReIDNet(nnx.Module):
     in_features = arch.width
     for stage, depth in enumerate(arch.stage_depths):
       planes = arch.width * 2 ** stage
-      stage_stride = 1 if stage == 0 else (arch.last_stride
-                                           if stage == len(arch.stage_depths) - 1 else 2)
       blocks = []
       for block in range(depth):
         blocks.append(Bottleneck(
-            in_features, planes, stride=stage_stride if block == 0 else 1,
+            in_features, planes, stride=arch.stage_stride(stage) if block == 0 else 1,
             temporal_kernel=arch.temporal_kernel(stage, block),
             with_nonlocal=arch.has_nonlocal(stage, block), arch=arch, rngs=rngs))
         in_features = planes * Bottleneck.expansion
