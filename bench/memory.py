@@ -65,44 +65,15 @@ def target_devices(target: str):
   raise SystemExit(f"--target must be cpu:N or tpu:TOPOLOGY, got {target!r}")
 
 
-def abstract_setup(config, devices):
-  """`train.Setup` whose state is abstract (shapes, dtypes, shardings) on a mesh of `devices`."""
-  import jax
-  import numpy as np
-  from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
-
-  from reid_jax import config as config_lib, optim, train
-  from reid_jax.models import create_model
-  import train_step as step_bench  # noqa: E402
-
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",),
-                           axis_types=(jax.sharding.AxisType.Auto,))
-  steps_per_epoch = 100
-
-  def make():
-    model = create_model(config.model.name, num_classes=step_bench.NUM_CLASSES,
-                         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                         **config_lib.model_overrides(config))
-    return model, nnx.Optimizer(model, optim.make_optimizer(config.optim, steps_per_epoch),
-                                wrt=nnx.Param)
-
-  graphdef, shapes = nnx.split(nnx.eval_shape(make))
-  replicated = NamedSharding(mesh, P())
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                       shapes)
-  return train.Setup(mesh=mesh, graphdef=graphdef, state=state, replicated=replicated,
-                     batch_sharding=NamedSharding(mesh, P("data")),
-                     num_classes=step_bench.NUM_CLASSES, steps_per_epoch=steps_per_epoch)
-
-
 def compile_step(config, devices) -> dict:
   """Compiles the train step for `devices` without running it; XLA's memory and FLOP figures."""
   import jax
   import numpy as np
   from reid_jax import train
 
-  setup = abstract_setup(config, devices)
+  import train_step as step_bench  # noqa: E402
+  setup = train.build_state(config, num_classes=step_bench.NUM_CLASSES, steps_per_epoch=100,
+                            mesh=train.make_mesh(devices), abstract=True)
   d = config.data
   batch = {
       "clips": jax.ShapeDtypeStruct((d.batch_size, d.num_frames, d.height, d.width, 3),

@@ -100,27 +100,41 @@ class Setup:
   steps_per_epoch: int
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A one-axis `data` mesh of `devices` (default: every device of every process)."""
+  count = len(devices) if devices is not None else jax.device_count()
+  return jax.make_mesh((count,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
-def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh) -> Setup:
-  """Creates model and optimiser (with initial weights) and replicates them over the mesh."""
-  model = create_model(config.model.name, num_classes=num_classes,
-                       rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                       **config_lib.model_overrides(config))
-  if config.init.torchvision_resnet50:
-    load_torchvision_resnet50(model, config.init.torchvision_resnet50,
-                              temporal_init=config.init.temporal_init)
-  if config.init.checkpoint:
-    checkpoint_lib.load_params_for_finetuning(model, config.init.checkpoint,
-                                              skip=("head", "classifier"))
-  optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, steps_per_epoch),
-                            wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
+def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh,
+                abstract: bool = False) -> Setup:
+  """Creates model and optimiser (with initial weights) and replicates them over the mesh.
+
+  `abstract=True` gives the state's shapes, dtypes and shardings only: nothing is allocated and
+  no weights are loaded, for compiling ahead of time (bench/memory.py).
+  """
+  def new_model_and_optimizer(load_weights: bool):
+    model = create_model(config.model.name, num_classes=num_classes,
+                         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                         **config_lib.model_overrides(config))
+    if load_weights and config.init.torchvision_resnet50:
+      load_torchvision_resnet50(model, config.init.torchvision_resnet50,
+                                temporal_init=config.init.temporal_init)
+    if load_weights and config.init.checkpoint:
+      checkpoint_lib.load_params_for_finetuning(model, config.init.checkpoint,
+                                                skip=("head", "classifier"))
+    return model, nnx.Optimizer(model, optim.make_optimizer(config.optim, steps_per_epoch),
+                                wrt=nnx.Param)
+
   replicated = NamedSharding(mesh, P())
-  state = replicate(state, replicated)
+  if abstract:
+    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: new_model_and_optimizer(False)))
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                         shapes)
+  else:
+    graphdef, state = nnx.split(new_model_and_optimizer(True))
+    state = replicate(state, replicated)
   return Setup(mesh=mesh, graphdef=graphdef, state=state, replicated=replicated,
                batch_sharding=NamedSharding(mesh, P("data")), num_classes=num_classes,
                steps_per_epoch=steps_per_epoch)
