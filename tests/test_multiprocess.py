@@ -28,6 +28,15 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def subprocess_env(**extra) -> dict:
+  """The launched processes' environment: this one without SLURM's variables and
+  SUBPROCESS_UNSET, plus `extra`."""
+  env = clean_env(**extra)
+  for name in SUBPROCESS_UNSET:
+    env.pop(name, None)
+  return env
+
+
 def slurm_job_id_with_free_port() -> int:
   """A job id whose coordinator port is free: JAX's SlurmCluster
   (jax/_src/clusters/slurm_cluster.py) puts it at 61440 + SLURM_JOB_ID % 4096."""
@@ -67,8 +76,7 @@ def final_eval(workdir) -> dict:
 
 def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_path):
   two = tmp_path / "two_processes"
-  env = {k: v for k, v in os.environ.items() if k not in SUBPROCESS_UNSET}
-  env.update(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2")
+  env = subprocess_env(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2")
   result = subprocess.run(
       ["./launch.sh", "local", "2", "--config=configs/synthetic.py", f"--workdir={two}",
        *tiny_flags(data_dir, **SHORT)],
@@ -99,11 +107,9 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   (two / "metrics.json").unlink()
   bin_dir = tmp_path / "slurm_bin"
   write_fake_srun(bin_dir)
-  env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", JAX_PLATFORMS="cpu",
-                  SLURM_JOB_ID=str(slurm_job_id_with_free_port()), SLURM_NTASKS="2",
-                  SLURM_NNODES="1", SLURM_JOB_NODELIST="localhost")
-  for name in SUBPROCESS_UNSET:
-    env.pop(name, None)
+  env = subprocess_env(PATH=f"{bin_dir}:{os.environ['PATH']}", JAX_PLATFORMS="cpu",
+                       SLURM_JOB_ID=str(slurm_job_id_with_free_port()), SLURM_NTASKS="2",
+                       SLURM_NNODES="1", SLURM_JOB_NODELIST="localhost")
   result = run_in_own_session(
       ["./launch.sh", "slurm", "--cpu_devices=2", "--config=configs/synthetic.py",
        f"--workdir={two}", *tiny_flags(data_dir, mode="eval", **SHORT)], env, timeout=600)
