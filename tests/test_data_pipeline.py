@@ -102,16 +102,21 @@ def test_eval_chunks():
     np.testing.assert_array_equal(chunks['positions'][4], [16] * 8)
 
 
-def test_normalize_clips_on_numpy_and_jax():
+@pytest.mark.parametrize('name, mean, std', [
+    ('imagenet', [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ('kinetics', [0.45] * 3, [0.225] * 3),
+])
+def test_normalize_clips_on_numpy_and_jax(name, mean, std):
     import jax.numpy as jnp
 
     clips = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 5, 3)).astype(np.uint8)
-    expected = (clips / 255.0 - data.IMAGENET_MEAN) / data.IMAGENET_STD
-    np.testing.assert_allclose(data.normalize_clips(clips), expected, atol=1e-5)
-    out = data.normalize_clips(jnp.asarray(clips))
+    expected = (clips / 255.0 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(data.normalize_clips(clips, name), expected, atol=1e-5)
+    out = data.normalize_clips(jnp.asarray(clips), name)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
-
+    with pytest.raises(ValueError, match="unknown normalization 'imagnet'"):
+        data.normalize_clips(clips, 'imagnet')
 
 # ---------------------------------------------------------------------------------------------
 # Training pipeline

@@ -7,15 +7,14 @@ The pipelines are loaded on first use (PEP 562 `__getattr__`): importing TensorF
 seconds, and code that only needs `normalize_clips` or `TrackletTable` should not pay for it.
 """
 
-from reid_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_clips
+from reid_jax.data.normalize import NORMALIZATIONS, normalize_clips
 from reid_jax.data.sampling import steps_per_epoch
 from reid_jax.data.tracklets import TrackletTable
 
 _PIPELINE_EXPORTS = ('make_train_iterator', 'make_eval_iterator', 'train_info')
 
 __all__ = [
-    'IMAGENET_MEAN',
-    'IMAGENET_STD',
+    'NORMALIZATIONS',
     'TrackletTable',
     'normalize_clips',
     'steps_per_epoch',

@@ -5,6 +5,12 @@ theta, phi and g are 1x1x1 convolutions (channel matmuls) to `C * inner_ratio` c
 BatchNorm after W_z starts with scale 0, so a fresh block is exactly the identity and can be
 dropped into a pretrained network without changing what it computes (paper section 4.2).
 
+Two options make it the block of the Non-local Networks release (video-nonlocal-net, PySlowFast),
+whose Kinetics weights the paper starts from, and both are on by default (`Architecture`):
+`pool_phi_g` max-pools x by 1x2x2 (stride 1x2x2, no padding) before the phi and g convolutions,
+so the keys and values cover a quarter of the positions; `scale_attention` multiplies the logits
+by `d ** -0.5` (d = inner width). With both off it is the paper's Eq. 5 and Fig. 5 as printed.
+
 The attention is scaled-dot-product attention with a single head; `attention_impl` chooses
 how it runs: `einsum` (the plain form; needed to return the attention weights) or `xla` /
 `cudnn` through `jax.nn.dot_product_attention` (flash attention on GPUs).
@@ -53,12 +59,13 @@ class NonLocalBlock(nnx.Module):
   def __call__(self, x, *, return_attention: bool = False):
     """x: `[B, T, H, W, C]`. Returns z (same shape), and with `return_attention` also a dict
     `{'weights': [B, Nq, Nk], 'query_grid': (T, H, W), 'key_grid': (T, H', W')}`."""
-    b, t, h, w, _ = x.shape
+    _, t, h, w, _ = x.shape
     theta = self.theta(x)
-    phi, g = self.phi(x), self.g(x)
-    if self.pool_phi_g:
-      phi = layers.max_pool_spatial_valid(phi)
-      g = layers.max_pool_spatial_valid(g)
+    if self.pool_phi_g and min(h, w) < 2:
+      raise ValueError(f"non-local block on a {t}x{h}x{w} map: pooling phi and g by 1x2x2 needs "
+                       f"H and W >= 2 (larger clips, or nonlocal_pool=False)")
+    keys_in = layers.max_pool(x, (1, 2, 2), (1, 2, 2)) if self.pool_phi_g else x
+    phi, g = self.phi(keys_in), self.g(keys_in)
     key_grid = phi.shape[1:4]
     q = einops.rearrange(theta, "b t h w d -> b (t h w) d")
     k = einops.rearrange(phi, "b t h w d -> b (t h w) d")

@@ -1,22 +1,28 @@
-"""Temporally separable inflated ResNet-50 with non-local blocks, and its 2D baseline.
+"""The I3D ResNet-50 with non-local blocks (Wang et al., CVPR 2018), and its 2D baseline.
 
 One network class covers the paper's three ablation variants (Table 2):
 
-| name            | temporal convs            | temporal pool | non-local blocks            |
-|-----------------|---------------------------|---------------|-----------------------------|
-| `resnet50_tp`   | none (2D per frame)       | no            | none                        |
-| `resnet3d50`    | stem 5, I3D block layout  | 2x1x1 after res2 | none                     |
-| `resnet3d50_nl` | stem 5, I3D block layout  | 2x1x1 after res2 | res3 blocks 1,3; res4 blocks 1,3,5 |
+| name            | temporal kernels                  | temporal pool    | non-local blocks                 |
+|-----------------|-----------------------------------|------------------|----------------------------------|
+| `resnet50_tp`   | none (2D ResNet-50 per frame)     | no               | none                             |
+| `resnet3d50`    | stem 5x7x7, I3D bottleneck layout | 2x1x1 after res2 | none                             |
+| `resnet3d50_nl` | stem 5x7x7, I3D bottleneck layout | 2x1x1 after res2 | res3 blocks 1,3; res4 blocks 1,3,5 |
 
-The I3D layout (Non-local paper) gives a 3-tap temporal kernel to res2 blocks [3,3,3], res3
-[3,1,3,1], res4 [3,1,3,1,3,1], res5 [1,3,1]; for other depths the per-stage patterns [3],
-[3,1], [3,1], [1,3] repeat. Each 3 puts a temporal conv in front of the block's 3x3 conv; the
-stem's 7x7 conv gets a 5-tap one.
+This is the network of the public Kinetics-400 I3D checkpoints (video-nonlocal-net, PySlowFast,
+pytorchvideo; `load_kinetics_i3d`), which the paper fine-tunes. Its "temporally separable"
+convolution (paper section 3.1) is the I3D bottleneck: the block's first conv, a 1x1 in the 2D
+network, is inflated to `k_t x 1 x 1` (C_in -> planes) and followed by the `1 x 3 x 3` conv
+(stride on the 3x3, ResNet v1.5). `k_t` per block: res2 [3,3,3], res3 [3,1,3,1], res4
+[3,1,3,1,3,1], res5 [1,3,1]; for other depths the per-stage patterns [3], [3,1], [3,1], [1,3]
+repeat. The stem is a full 5x7x7 conv (stride 1x2x2) and a 1x3x3 max-pool (stride 1x2x2).
 
 Shapes for the paper's 8 x 256 x 128 clips (T x H x W), with the default `last_stride=2`:
 stem 8x128x64 -> max-pool 8x64x32 -> res2 8x64x32 (256 ch) -> temporal pool 4x64x32 ->
 res3 4x32x16 (512) -> res4 4x16x8 (1024) -> res5 4x8x4 (2048) -> global average pool.
-The non-local blocks thus attend over 2048 (res3) and 512 (res4) positions.
+The non-local blocks attend from 2048 (res3) and 512 (res4) positions to a quarter as many
+(1x2x2-pooled keys, the release's default; `nonlocal_pool=False` attends to all).
+With `stem_pool_padding=0` (what the Caffe2 release computes) res2 is 8x63x31 and res3 onwards
+are unchanged.
 
 Head (paper Fig. 3b): global average pool -> bottleneck (dense, BatchNorm, LeakyReLU 0.1,
 Dropout 0.5) -> classifier. `features` is the bottleneck output before dropout (dropout only
@@ -34,9 +40,10 @@ from flax import nnx
 from reid_jax.models import layers
 from reid_jax.models.nonlocal_block import NonLocalBlock
 
-# Per-stage temporal kernel patterns of the I3D ResNet-50 (repeated cyclically over a stage).
+# Per-stage temporal kernels of the bottlenecks' first convs in the I3D ResNet-50 (repeated
+# cyclically over a stage) and of the stem.
 I3D_TEMPORAL_PATTERN = ((3,), (3, 1), (3, 1), (1, 3))
-STEM_TEMPORAL_KERNEL = 5
+I3D_STEM_TEMPORAL_KERNEL = 5
 RESNET50_DEPTHS = (3, 4, 6, 3)
 
 
@@ -45,12 +52,13 @@ class Architecture:
   """Everything that fixes the network's structure; `create_model` overrides any field."""
   stage_depths: tuple[int, ...] = RESNET50_DEPTHS
   width: int = 64                     # channels after the stem; stage i has width * 2**i
-  inflate: bool = True                # temporal convs (False: 2D network per frame)
+  inflate: bool = True                # I3D temporal kernels (False: 2D network per frame)
   temporal_pool: bool = True          # 2x1x1 max-pool after res2
+  stem_pool_padding: int = 1          # 1: PySlowFast, pytorchvideo, torchvision; 0: Caffe2 release
   nonlocal_stages: tuple[int, ...] = (1, 2)  # res3, res4 (0-based stages); blocks 1, 3, 5, ...
   nonlocal_inner_ratio: float = 0.5   # theta/phi/g width C/2
-  nonlocal_scale: bool = False        # 1/sqrt(d) on the attention logits (paper: none)
-  nonlocal_pool: bool = False         # 1x2x2 max-pool of phi and g
+  nonlocal_scale: bool = True         # d^-0.5 on the attention logits (False: paper's Eq. 5)
+  nonlocal_pool: bool = True          # 1x2x2 max-pool of x before phi and g (False: Fig. 5)
   attention_impl: str = "einsum"      # "einsum" | "xla" | "cudnn"
   last_stride: int = 2                # stride of res5 (1 keeps a 16x8 map)
   bottleneck_dim: int = 512
@@ -61,10 +69,15 @@ class Architecture:
   param_dtype: jnp.dtype = jnp.float32
 
   def temporal_kernel(self, stage: int, block: int) -> int:
+    """`k_t` of the first conv of block `block` of stage `stage` (0-based: res2 is stage 0)."""
     if not self.inflate:
       return 1
     pattern = I3D_TEMPORAL_PATTERN[min(stage, len(I3D_TEMPORAL_PATTERN) - 1)]
     return pattern[block % len(pattern)]
+
+  @property
+  def stem_temporal_kernel(self) -> int:
+    return I3D_STEM_TEMPORAL_KERNEL if self.inflate else 1
 
   def has_nonlocal(self, stage: int, block: int) -> bool:
     return stage in self.nonlocal_stages and block % 2 == 1
@@ -74,6 +87,19 @@ class Architecture:
     if stage == 0:
       return 1
     return self.last_stride if stage == len(self.stage_depths) - 1 else 2
+
+  def feature_map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+    """(H, W) of each stage's output for `height x width` frames."""
+    def out(n, kernel, stride, pad):
+      return (n + 2 * pad - kernel) // stride + 1
+    h, w = (out(n, 7, 2, 3) for n in (height, width))  # stem conv
+    h, w = (out(n, 3, 2, self.stem_pool_padding) for n in (h, w))
+    sizes = []
+    for stage in range(len(self.stage_depths)):
+      stride = self.stage_stride(stage)
+      h, w = out(h, 3, stride, 1), out(w, 3, stride, 1)
+      sizes.append((h, w))
+    return sizes
 
   @property
   def feature_dim(self) -> int:
@@ -88,37 +114,34 @@ VARIANTS = {
 
 
 class Bottleneck(nnx.Module):
-  """torchvision's ResNet v1.5 bottleneck (stride on the 3x3), with an optional temporal conv
-  in front of the 3x3 and an optional non-local block after the residual sum."""
+  """The I3D bottleneck: `k_t x 1 x 1` conv (C_in -> planes), `1 x 3 x 3` conv (the block's
+  spatial stride), `1 x 1 x 1` conv (-> 4 planes), each with BatchNorm; a projection shortcut
+  where the shape changes; an optional non-local block after the residual sum."""
   expansion = 4
 
   def __init__(self, in_features: int, planes: int, *, stride: int, temporal_kernel: int,
                with_nonlocal: bool, arch: Architecture, rngs: nnx.Rngs):
-    kw = dict(dtype=arch.dtype, param_dtype=arch.param_dtype)
+    kw = dict(dtype=arch.dtype, param_dtype=arch.param_dtype, rngs=rngs)
     out_features = planes * self.expansion
-    self.conv1 = layers.SpatialConv(in_features, planes, 1, rngs=rngs, **kw)
-    self.bn1 = layers.batch_norm(planes, rngs=rngs, **kw)
-    self.conv2_t = (layers.TemporalConv(planes, temporal_kernel, rngs=rngs, **kw)
-                    if temporal_kernel > 1 else None)
-    self.conv2 = layers.SpatialConv(planes, planes, 3, stride=stride, rngs=rngs, **kw)
-    self.bn2 = layers.batch_norm(planes, rngs=rngs, **kw)
-    self.conv3 = layers.SpatialConv(planes, out_features, 1, rngs=rngs, **kw)
-    self.bn3 = layers.batch_norm(out_features, rngs=rngs, **kw)
+    self.conv1 = layers.Conv3D(in_features, planes, (temporal_kernel, 1, 1), **kw)
+    self.bn1 = layers.batch_norm(planes, **kw)
+    self.conv2 = layers.Conv3D(planes, planes, (1, 3, 3), stride=stride, **kw)
+    self.bn2 = layers.batch_norm(planes, **kw)
+    self.conv3 = layers.Conv3D(planes, out_features, (1, 1, 1), **kw)
+    self.bn3 = layers.batch_norm(out_features, **kw)
     if stride != 1 or in_features != out_features:
-      self.downsample_conv = layers.SpatialConv(in_features, out_features, 1, stride=stride,
-                                                rngs=rngs, **kw)
-      self.downsample_bn = layers.batch_norm(out_features, rngs=rngs, **kw)
+      self.downsample_conv = layers.Conv3D(in_features, out_features, (1, 1, 1), stride=stride,
+                                           **kw)
+      self.downsample_bn = layers.batch_norm(out_features, **kw)
     else:
       self.downsample_conv = self.downsample_bn = None
     self.nonlocal_block = NonLocalBlock(
         out_features, inner_ratio=arch.nonlocal_inner_ratio, scale_attention=arch.nonlocal_scale,
-        pool_phi_g=arch.nonlocal_pool, attention_impl=arch.attention_impl, rngs=rngs,
+        pool_phi_g=arch.nonlocal_pool, attention_impl=arch.attention_impl,
         **kw) if with_nonlocal else None
 
   def __call__(self, x, *, return_attention: bool = False):  # [B, T, H, W, C]
     out = jax.nn.relu(self.bn1(self.conv1(x)))
-    if self.conv2_t is not None:
-      out = self.conv2_t(out)
     out = jax.nn.relu(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
     shortcut = x if self.downsample_conv is None else self.downsample_bn(self.downsample_conv(x))
@@ -158,9 +181,8 @@ class ReIDNet(nnx.Module):
   def __init__(self, arch: Architecture, *, num_classes: int, rngs: nnx.Rngs):
     kw = dict(dtype=arch.dtype, param_dtype=arch.param_dtype)
     self.arch = arch
-    self.conv1_t = (layers.TemporalConv(3, STEM_TEMPORAL_KERNEL, rngs=rngs, **kw)
-                    if arch.inflate else None)
-    self.conv1 = layers.SpatialConv(3, arch.width, 7, stride=2, rngs=rngs, **kw)
+    self.conv1 = layers.Conv3D(3, arch.width, (arch.stem_temporal_kernel, 7, 7), stride=2,
+                               rngs=rngs, **kw)
     self.bn1 = layers.batch_norm(arch.width, rngs=rngs, **kw)
     in_features = arch.width
     for stage, depth in enumerate(arch.stage_depths):
@@ -183,11 +205,8 @@ class ReIDNet(nnx.Module):
     """Clip -> (feature map `[B, T', H', W', C]`, list of non-local attention dicts)."""
     if clips.ndim != 5 or clips.shape[-1] != 3:
       raise ValueError(f"expected clips [B, T, H, W, 3], got shape {clips.shape}")
-    x = clips.astype(self.arch.dtype)
-    if self.conv1_t is not None:
-      x = self.conv1_t(x)
-    x = jax.nn.relu(self.bn1(self.conv1(x)))
-    x = layers.max_pool_spatial(x, 3, 2)
+    x = jax.nn.relu(self.bn1(self.conv1(clips)))
+    x = layers.max_pool_spatial(x, 3, 2, self.arch.stem_pool_padding)
     attentions = []
     for stage, blocks in enumerate(self.stages):
       for block in blocks:
@@ -239,5 +258,7 @@ def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **overrides) ->
   arch = Architecture(**settings)
   if not arch.stage_depths or min(arch.stage_depths) < 1:
     raise ValueError(f"stage_depths must be positive, got {arch.stage_depths}")
+  if arch.stem_pool_padding not in (0, 1):
+    raise ValueError(f"stem_pool_padding must be 0 or 1, got {arch.stem_pool_padding}")
   return ReIDNet(arch, num_classes=num_classes, rngs=rngs)
 

@@ -1,127 +1,121 @@
-"""Loads a torchvision ResNet-50 state dict into any variant, inflating 2D kernels to 3D.
+"""Inflates a 2D ResNet-50 with torchvision's tensor names into any variant.
 
-Spatial convolutions and BatchNorms take the 2D weights as they are; each temporal conv is set
-to the identity split over its taps (`mean`, the paper's rule) or on its centre tap (`center`),
-so the inflated network computes what the 2D network computes on a static clip. Non-local
-blocks and the head keep their own initialisation (`fc.*` of the file is not used).
+Three kinds of files have those names: torchvision's ImageNet weights (`resnet50-0676ba61.pth`,
+the paper's "ImageNet" initialisation), and the 2D image re-id models of torchreid
+(`{'state_dict': ...}`, plus `classifier.*` / `fc.*` heads) and fast-reid (`{'model': ...}`,
+`backbone.` prefix, `heads.*`), the paper's "ReID" initialisation. Heads are skipped and named
+in one log line; every other tensor must be there, with its shape.
+
+A 2D `k x k` kernel W becomes the `t x k x k` kernel of the inflated network (the stem's 5x7x7,
+the bottleneck's first 3x1x1 conv) by the paper's rule, `mean`: each of the t planes is W / t,
+so on a static clip the network computes what the 2D one computes, away from the temporal
+borders; or by `center`: W on the centre plane, zeros elsewhere, exact at the borders too. The
+non-local blocks and the re-id head keep their own initialisation (the blocks start as the
+identity). These files were trained on ImageNet-normalised RGB (`'imagenet'` in
+`reid_jax.data.normalize`); a fast-reid file that records other pixel statistics is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from reid_jax.models import layers
+from reid_jax.data.normalize import NORMALIZATIONS
+from reid_jax.models import weight_files
 from reid_jax.models.resnet3d import ReIDNet
 
-_BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-# Keys a torchvision file holds that have no counterpart here by design.
-_UNUSED_KEYS = ("fc.weight", "fc.bias")
+NORMALIZATION = "imagenet"
+TEMPORAL_INIT_RULES = ("mean", "center")
 
 
-def _expected_keys(model: ReIDNet) -> dict[str, str]:
-  """torchvision key -> attribute path in `model`, for every conv and BatchNorm tensor."""
-  mapping = {"conv1.weight": "conv1.conv.kernel"}
-  bns = {"bn1": "bn1"}
-  for stage, blocks in enumerate(model.stages, start=1):
-    for index, block in enumerate(blocks):
-      prefix = f"layer{stage}.{index}"
-      for n in (1, 2, 3):
-        mapping[f"{prefix}.conv{n}.weight"] = f"{prefix}.conv{n}.conv.kernel"
-        bns[f"{prefix}.bn{n}"] = f"{prefix}.bn{n}"
-      if block.downsample_conv is not None:
-        mapping[f"{prefix}.downsample.0.weight"] = f"{prefix}.downsample_conv.conv.kernel"
-        bns[f"{prefix}.downsample.1"] = f"{prefix}.downsample_bn"
-  for torch_name, path in bns.items():
-    for torch_field, field in _BN_FIELDS.items():
-      mapping[f"{torch_name}.{torch_field}"] = f"{path}.{field}"
-  return mapping
+log = logging.getLogger("reid_jax")
 
 
-def _variable(model: nnx.Module, path: str) -> nnx.Variable:
-  node = model
-  for part in path.split("."):
-    node = getattr(node, part)
-  return node
+def _torchvision_prefix(role):
+  kind = role[0]
+  if kind == "stem_conv":
+    return "conv1.weight"
+  if kind == "stem_bn":
+    return "bn1."
+  if kind.startswith("nonlocal"):
+    return None  # a 2D ResNet has none: the blocks keep their initialisation
+  layer = f"layer{role[1] + 1}.{role[2]}."
+  if kind == "conv":
+    return f"{layer}conv{role[3]}.weight"
+  if kind == "bn":
+    return f"{layer}bn{role[3]}."
+  if kind == "downsample_conv":
+    return f"{layer}downsample.0.weight"
+  return f"{layer}downsample.1."  # downsample_bn
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"torchvision ResNet-50 weights not found: {path}")
-  try:
-    import torch  # deferred: only this loader needs PyTorch
-  except ImportError as e:
-    raise ImportError(f"reading {path} needs PyTorch (`pip install torch`)") from e
-  try:
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises many types for a bad file
-    raise ValueError(f"{path} is not a readable PyTorch state dict: {e}") from e
-  if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
-    raw = raw["state_dict"]  # training checkpoints wrap the weights
-  if not isinstance(raw, Mapping):
-    raise ValueError(f"{path} holds a {type(raw).__name__}, not a state dict")
-  state = {}
-  for key, value in raw.items():
-    if not hasattr(value, "numpy"):
-      raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-    state[key.removeprefix("module.")] = value.detach().cpu().numpy()
-  return state
+NAMING = weight_files.Naming(_torchvision_prefix, ("weight", "bias", "running_mean",
+                                                   "running_var"), "weight", "bias")
+
+
+def _is_head(key: str) -> bool:
+  """Tensors of the 2D network's classifier or re-id head (torchvision, torchreid, fast-reid)."""
+  return key.split(".")[0] in ("fc", "classifier", "heads", "pixel_mean", "pixel_std")
+
+
+def inflate_kernel(value: np.ndarray, kernel_shape, rule: str) -> np.ndarray:
+  """A 2D conv weight `[out, in, h, w]` -> a `[t, h, w, in, out]` kernel by `rule`."""
+  if value.ndim != 4:
+    return value  # the shape check names it
+  t = kernel_shape[0]
+  plane = value.transpose(2, 3, 1, 0)
+  if rule == "mean":
+    return np.broadcast_to(plane / t, (t, *plane.shape))
+  kernel = np.zeros((t, *plane.shape), value.dtype)
+  kernel[t // 2] = plane
+  return kernel
 
 
 def load_torchvision_resnet50(model: ReIDNet, path: str | os.PathLike, *,
                               temporal_init: str = "mean") -> ReIDNet:
-  """Loads torchvision ResNet-50 weights (`torch.save(resnet50().state_dict(), path)`) in place.
+  """Loads a 2D ResNet-50 (torchvision, torchreid or fast-reid file) into `model`, in place.
 
   Args:
     model: any variant from `create_model` with the ResNet-50 stage depths.
-    path: the `.pth` file. A `{'state_dict': ...}` wrapper and a `module.` prefix are accepted.
-    temporal_init: `mean` (each of the k taps is I/k) or `center` (centre tap I, others 0).
+    path: the file. Wrappers (`state_dict`, `model`) and `module.` / `backbone.` prefixes are
+      accepted; head tensors are skipped and logged.
+    temporal_init: `mean` (each of the t planes is W / t, the paper's rule) or `center`.
   Returns:
     `model`, updated.
   Raises:
-    ValueError naming the key for a missing, unexpected or wrongly shaped tensor.
+    ValueError naming the key for a missing, unexpected or wrongly shaped tensor, or the pixel
+    statistics of a fast-reid model trained without ImageNet's; the model is then untouched.
   """
-  layers.temporal_identity_kernel(1, 1, temporal_init)  # validates the rule before any I/O
-  state = _read_state_dict(path)
-  mapping = _expected_keys(model)
-  missing = sorted(set(mapping) - set(state))
-  if missing:
-    raise ValueError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing in all)")
-  unexpected = sorted(k for k in state if k not in mapping and k not in _UNUSED_KEYS
-                      and not k.endswith("num_batches_tracked"))
-  if unexpected:
-    raise ValueError(f"{path}: unexpected key {unexpected[0]!r} "
-                     f"({len(unexpected)} unexpected in all); is this a ResNet-50 state dict?")
-
-  updates = {}
-  for key, target in mapping.items():
-    value = state[key]
-    if value.ndim == 4:  # conv: [O, I, kh, kw] -> [kh, kw, I, O]
-      value = value.transpose(2, 3, 1, 0)
-    variable = _variable(model, target)
-    if value.shape != variable.shape:
-      raise ValueError(f"{path}: key {key!r} has shape {value.shape} (as {target}), "
-                       f"the model expects {variable.shape}")
-    updates[target] = value
-  for target, value in updates.items():  # nothing changes unless every tensor fits
-    variable = _variable(model, target)
-    variable.set_value(jnp.asarray(value, variable[...].dtype))
-
-  for temporal in _temporal_convs(model):
-    k, c, _ = temporal.kernel.shape
-    temporal.kernel.set_value(
-        layers.temporal_identity_kernel(k, c, temporal_init, temporal.kernel[...].dtype))
+  if temporal_init not in TEMPORAL_INIT_RULES:
+    raise ValueError(f"temporal_init must be one of {TEMPORAL_INIT_RULES}, got {temporal_init!r}")
+  weights = weight_files.read_weight_file(path)
+  if weights.family != "torchvision":
+    raise ValueError(f"{weights.path} is a Kinetics I3D checkpoint ({weights.family}), not a 2D "
+                     f"ResNet-50: load it with load_kinetics_i3d")
+  if model.arch.stem_pool_padding != 1:
+    raise ValueError(f"{weights.path}: a torchvision ResNet-50 pads its stem max-pool by 1; the "
+                     f"model has stem_pool_padding={model.arch.stem_pool_padding} "
+                     f"(config.model.stem_pool_padding)")
+  _check_pixel_statistics(weights)
+  target = weight_files.build_target(
+      model, weights, NAMING,
+      lambda value, shape: inflate_kernel(value, shape, temporal_init))
+  target.assign(model, ignore=lambda k: _is_head(k) or k.endswith("num_batches_tracked"))
+  heads = sorted(k for k in weights.tensors if _is_head(k))
+  if heads:
+    log.info("%s: skipped %d head tensors: %s", weights.path, len(heads), ", ".join(heads))
   return model
 
 
-def _temporal_convs(model: ReIDNet):
-  if model.conv1_t is not None:
-    yield model.conv1_t
-  for blocks in model.stages:
-    for block in blocks:
-      if block.conv2_t is not None:
-        yield block.conv2_t
+def _check_pixel_statistics(weights: weight_files.WeightFile) -> None:
+  """fast-reid files store the pixel statistics (0-255 scale, RGB) their model was trained with."""
+  mean, std = NORMALIZATIONS[NORMALIZATION]
+  for key, imagenet in (("pixel_mean", 255 * mean), ("pixel_std", 255 * std)):
+    if key in weights.tensors:
+      value = weights.tensors[key].reshape(-1)
+      if value.shape != imagenet.shape or not np.allclose(value, imagenet, atol=0.01):
+        raise ValueError(f"{weights.path}: {key} is {value.tolist()}, not ImageNet's "
+                         f"{imagenet.round(3).tolist()}; this project normalises 2D-initialised "
+                         f"models with ImageNet's statistics")
