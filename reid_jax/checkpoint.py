@@ -235,6 +235,23 @@ class Checkpointer:
             self._handles_sigterm = False
 
 
+def latest_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The `meta` of the newest checkpoint under `directory`, or None when there is none."""
+    directory = str(directory)
+    if '://' not in directory:
+        directory = os.path.abspath(directory)
+    if not epath.Path(directory).exists():
+        return None
+    with ocp.CheckpointManager(
+        directory, item_names=('state', 'meta'),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    ) as manager:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
 def load_params_for_finetuning(
     model, directory: str | os.PathLike, *, skip: tuple[str, ...] = ('head', 'classifier')
 ) -> list[str]:

@@ -7,10 +7,12 @@ bad value fails in a second with the field's name instead of minutes later in a 
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 from reid_jax import optim
-from reid_jax.models import MODEL_NAMES, Architecture
+from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
 
 DATASETS = ("mars", "ilidsvid", "prid2011", "duke")
 MODES = ("train", "eval", "extract")
@@ -53,8 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.bottleneck_dim = 512
   c.model.dropout_rate = 0.5
   c.model.last_stride = 2
-  c.model.nonlocal_scale = False
-  c.model.nonlocal_pool = False
+  c.model.stem_pool_padding = 1  # 0 for the Caffe2 Kinetics checkpoints (see configs/mars.py)
+  c.model.nonlocal_scale = True   # as the Kinetics non-local weights; False: the paper's Eq. 5
+  c.model.nonlocal_pool = True
   c.model.attention_impl = "einsum"
   c.model.remat = False
   c.model.dtype = "float32"     # "bfloat16" on accelerators: compute only, parameters stay f32
@@ -82,11 +85,29 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.num_ranked_queries = 4  # ranked-results sheets written by the report
   c.eval.top_k = 10
 
+  # Initial weights: at most one source. Each implies the input normalisation the model is
+  # trained with (recorded in its checkpoints; see reid_jax/data/normalize.py).
   c.init = ml_collections.ConfigDict()
-  c.init.torchvision_resnet50 = ""  # .pth of torchvision's ResNet-50 to inflate
-  c.init.temporal_init = "mean"     # mean | center
+  c.init.kinetics_i3d = ""          # Kinetics I3D checkpoint (Caffe2 .pkl, PySlowFast or
+                                    # pytorchvideo .pyth), for resnet3d50 / resnet3d50_nl
+  c.init.torchvision_resnet50 = ""  # 2D ResNet-50 to inflate: torchvision (ImageNet),
+                                    # torchreid or fast-reid (re-id)
+  c.init.temporal_init = "mean"     # inflation rule of the 2D weights: mean | center
   c.init.checkpoint = ""            # a checkpoint directory to fine-tune from (head excluded)
   return c
+
+
+INIT_SOURCES = ("kinetics_i3d", "torchvision_resnet50", "checkpoint")
+# What a missing init file's error adds: where the paper's files come from.
+INIT_DOWNLOADS = {
+    "kinetics_i3d": ("; the Kinetics I3D checkpoints are "
+                     "https://s3.amazonaws.com/video-nonlocal/i3d_nonlocal_8x8_IN_pretrain_400k.pkl"
+                     " (non-local) and .../i3d_baseline_8x8_IN_pretrain_400k.pkl (see "
+                     "configs/mars.py)"),
+    "torchvision_resnet50": ("; torchvision's ImageNet ResNet-50 is "
+                             "https://download.pytorch.org/models/resnet50-0676ba61.pth, or give "
+                             "a torchreid / fast-reid ResNet-50 (see configs/mars.py)"),
+}
 
 
 def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
@@ -101,7 +122,29 @@ def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
   config.optim.decay_start_epoch = 50
   config.train.eval_every_epochs = 25
   config.train.checkpoint_every_steps = 200
+  # The network of configs/mars.py's default row (Kinetics Caffe2 weights), which this config
+  # fine-tunes; a MARS model of another row needs its own value.
+  config.model.stem_pool_padding = 0
   return config
+
+
+# Model fields that may differ between a checkpoint and the model that continues from it.
+MODEL_RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "dropout_rate", "bottleneck_dim")
+
+
+def check_same_network(config, saved_config_json: str, source: str) -> None:
+  """Raises naming the first `config.model` field that differs from the saved run's, other
+  than those that only change how it runs (and the head, which fine-tuning replaces)."""
+  saved = json.loads(saved_config_json)["model"]
+  for field, value in model_overrides(config).items():
+    if field in MODEL_RUNTIME_FIELDS or field not in saved:
+      continue
+    if (list(value) if isinstance(value, tuple) else value) != saved[field]:
+      raise ValueError(f"config.model.{field} is {value!r}, but {source} was trained with "
+                       f"{saved[field]!r}")
+  if saved.get("name") != config.model.name:
+    raise ValueError(f"config.model.name is {config.model.name!r}, but {source} holds "
+                     f"{saved.get('name')!r}")
 
 
 def model_overrides(config) -> dict:
@@ -152,6 +195,20 @@ def validate(config, *, num_devices: int) -> None:
          f"{config.eval.metric!r} is not euclidean or cosine")
   _check(config.init.temporal_init in ("mean", "center"), "init.temporal_init",
          f"{config.init.temporal_init!r} is not mean or center")
+  sources = [f"init.{k}" for k in INIT_SOURCES if config.init[k]]
+  _check(len(sources) <= 1, sources[-1] if sources else "init",
+         f"at most one initialisation, got {' and '.join(sources)}")
+  _check(config.model.stem_pool_padding in (0, 1), "model.stem_pool_padding",
+         f"must be 0 or 1, got {config.model.stem_pool_padding}")
+  arch = Architecture(**{**VARIANTS[config.model.name], **model_overrides(config)})
+  if arch.nonlocal_pool:
+    sizes = arch.feature_map_sizes(d.height, d.width)
+    for stage in arch.nonlocal_stages:
+      if stage < len(sizes):
+        _check(min(sizes[stage]) >= 2, "model.nonlocal_pool",
+               f"{d.height}x{d.width} clips give a {sizes[stage][0]}x{sizes[stage][1]} map in "
+               f"res{stage + 2}, too small to pool keys by 1x2x2: larger data.height/width, or "
+               f"nonlocal_pool=False")
   o = config.optim
   _check(0 <= o.decay_start_epoch <= o.total_epochs and o.total_epochs >= 1,
          "optim.total_epochs", f"need 0 <= decay_start_epoch ({o.decay_start_epoch}) <= "

@@ -29,7 +29,8 @@ from reid_jax import checkpoint as checkpoint_lib
 from reid_jax import config as config_lib
 from reid_jax import data as data_lib
 from reid_jax import evaluation, losses, optim
-from reid_jax.models import create_model, load_torchvision_resnet50, num_params
+from reid_jax.models import (create_model, kinetics_weights, load_kinetics_i3d,
+                             load_torchvision_resnet50, num_params, torchvision_weights)
 
 # The run's own log; Orbax and TensorFlow log through absl, which `main` keeps to warnings.
 log = logging.getLogger("reid_jax")
@@ -94,6 +95,7 @@ class Setup:
   mesh: jax.sharding.Mesh
   graphdef: Any
   state: Any              # nnx.State of (model, optimizer)
+  normalization: str      # the input statistics the weights expect (data/normalize.py)
   replicated: NamedSharding
   batch_sharding: NamedSharding
   num_classes: int
@@ -108,22 +110,33 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh,
-                abstract: bool = False) -> Setup:
-  """Creates model and optimiser (with initial weights) and replicates them over the mesh.
+                abstract: bool = False, init_weights: bool = True) -> Setup:
+  """Creates model and optimiser and replicates them over the mesh.
 
-  `abstract=True` gives the state's shapes, dtypes and shardings only: nothing is allocated and
-  no weights are loaded, for compiling ahead of time (bench/memory.py).
+  With `init_weights` the model starts from `config.init` (Kinetics I3D, a 2D ResNet-50 or a
+  checkpoint to fine-tune); without, from random weights that a restore will replace, so the
+  init file need not exist any more. `abstract=True` gives the state's shapes, dtypes and
+  shardings only: nothing is allocated and no weights are loaded, for compiling ahead of time
+  (bench/memory.py).
   """
   def new_model_and_optimizer(load_weights: bool):
     model = create_model(config.model.name, num_classes=num_classes,
                          rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
                          **config_lib.model_overrides(config))
-    if load_weights and config.init.torchvision_resnet50:
-      load_torchvision_resnet50(model, config.init.torchvision_resnet50,
-                                temporal_init=config.init.temporal_init)
-    if load_weights and config.init.checkpoint:
-      checkpoint_lib.load_params_for_finetuning(model, config.init.checkpoint,
-                                                skip=("head", "classifier"))
+    if load_weights:
+      init = config.init
+      if init.kinetics_i3d:
+        load_kinetics_i3d(model, init.kinetics_i3d)
+      elif init.torchvision_resnet50:
+        load_torchvision_resnet50(model, init.torchvision_resnet50,
+                                  temporal_init=init.temporal_init)
+      elif init.checkpoint:
+        meta = checkpoint_lib.latest_meta(init.checkpoint) or {}
+        if "config" in meta:
+          config_lib.check_same_network(config, meta["config"],
+                                        f"the checkpoint in {init.checkpoint}")
+        checkpoint_lib.load_params_for_finetuning(model, init.checkpoint,
+                                                  skip=("head", "classifier"))
     return model, nnx.Optimizer(model, optim.make_optimizer(config.optim, steps_per_epoch),
                                 wrt=nnx.Param)
 
@@ -133,11 +146,25 @@ def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh,
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                          shapes)
   else:
-    graphdef, state = nnx.split(new_model_and_optimizer(True))
+    graphdef, state = nnx.split(new_model_and_optimizer(init_weights))
     state = replicate(state, replicated)
-  return Setup(mesh=mesh, graphdef=graphdef, state=state, replicated=replicated,
-               batch_sharding=NamedSharding(mesh, P("data")), num_classes=num_classes,
-               steps_per_epoch=steps_per_epoch)
+  return Setup(mesh=mesh, graphdef=graphdef, state=state,
+               normalization=init_normalization(config) if init_weights and not abstract else "",
+               replicated=replicated, batch_sharding=NamedSharding(mesh, P("data")),
+               num_classes=num_classes, steps_per_epoch=steps_per_epoch)
+
+
+def init_normalization(config) -> str:
+  """The input statistics `config.init`'s weights were trained with; a model trained from
+  scratch uses ImageNet's, like every 2D initialisation."""
+  if config.init.kinetics_i3d:
+    return kinetics_weights.NORMALIZATION
+  if config.init.checkpoint:
+    meta = checkpoint_lib.latest_meta(config.init.checkpoint)
+    if meta is None:
+      raise FileNotFoundError(f"config.init.checkpoint: no checkpoint in {config.init.checkpoint}")
+    return meta["normalization"]
+  return torchvision_weights.NORMALIZATION
 
 
 def replicate(tree, sharding: NamedSharding):
@@ -168,13 +195,13 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def make_train_step(setup: Setup, config):
-  graphdef = setup.graphdef
+  graphdef, normalization = setup.graphdef, setup.normalization
   loss_cfg = config.loss
 
   def train_step(state, batch):
     model, optimizer = nnx.merge(graphdef, state)
     model.train()
-    clips = data_lib.normalize_clips(batch["clips"])
+    clips = data_lib.normalize_clips(batch["clips"], normalization)
     labels = batch["labels"]
 
     def loss_fn(model):
@@ -200,12 +227,12 @@ def make_train_step(setup: Setup, config):
 
 def make_feature_fn(setup: Setup):
   """`(state, clips uint8 [b, T, H, W, 3] global) -> features [b, D]` in evaluation mode."""
-  graphdef = setup.graphdef
+  graphdef, normalization = setup.graphdef, setup.normalization
 
   def features(state, clips):
     model, _ = nnx.merge(graphdef, state)
     model.eval()
-    return model(data_lib.normalize_clips(clips))["features"]
+    return model(data_lib.normalize_clips(clips, normalization))["features"]
 
   return jax.jit(features, in_shardings=(setup.replicated, setup.batch_sharding),
                  out_shardings=setup.batch_sharding)
@@ -322,13 +349,14 @@ def _attention_fn(setup: Setup, config, frames_fn):
   if not arch.nonlocal_stages or not arch.inflate:
     return None
   t = config.data.num_frames
-  graphdef = setup.graphdef
+  graphdef, normalization = setup.graphdef, setup.normalization
 
   @jax.jit
   def forward(state, clip):
     model, _ = nnx.merge(graphdef, state)
     model.eval()
-    return model(data_lib.normalize_clips(clip), return_attention=True)["attention"]
+    return model(data_lib.normalize_clips(clip, normalization),
+                 return_attention=True)["attention"]
 
   def attention(tracklet: int):
     frames = frames_fn(tracklet)
@@ -349,18 +377,29 @@ def _attention_fn(setup: Setup, config, frames_fn):
 # The modes.
 # ---------------------------------------------------------------------------------------------
 
-def _setup_for(config, workdir):
+def _setup_for(config, workdir, *, init_weights: bool):
   data_dir = prepare_dataset(config, workdir)
   info = data_lib.train_info(data_dir, config.dataset.name,
                              split_index=config.dataset.split_index)
   steps = data_lib.steps_per_epoch(info["num_identities"], config.data.P)
   mesh = make_mesh()
-  setup = build_state(config, num_classes=info["num_classes"], steps_per_epoch=steps, mesh=mesh)
+  setup = build_state(config, num_classes=info["num_classes"], steps_per_epoch=steps, mesh=mesh,
+                      init_weights=init_weights)
   return data_dir, setup
 
 
-def _meta(config, step: int, epoch: int) -> dict:
+def _check_init_files(config) -> None:
+  """A missing weights file fails in a second, before the dataset is prepared."""
+  for field in config_lib.INIT_SOURCES:
+    path = config.init[field]
+    if path and not os.path.exists(path):
+      raise FileNotFoundError(f"config.init.{field}: {path} does not exist"
+                              f"{config_lib.INIT_DOWNLOADS.get(field, '')}")
+
+
+def _meta(setup: Setup, config, step: int, epoch: int) -> dict:
   return {"model": config.model.name, "step": step, "epoch": epoch,
+          "normalization": setup.normalization,
           "dataset": config.dataset.name, "seed": config.seed,
           # The input pipeline is a pure function of (seed, step): the step is its position.
           "input_position": step, "config": config.to_json()}
@@ -371,7 +410,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluates every `config.train.eval_every_epochs` and at the end. Returns the final metrics."""
   os.makedirs(workdir, exist_ok=True)
   config_lib.validate(config, num_devices=jax.device_count())
-  data_dir, setup = _setup_for(config, workdir)
+  resuming = checkpoint_lib.latest_meta(os.path.join(workdir, "checkpoints")) is not None
+  if not resuming:
+    _check_init_files(config)
+  data_dir, setup = _setup_for(config, workdir, init_weights=not resuming)
   model_params = num_params(nnx.merge(setup.graphdef, setup.state)[0])
   total_steps = setup.steps_per_epoch * config.optim.total_epochs
   log.info("Model %s: %s parameters, %d classes; %d devices over %d processes; "
@@ -384,11 +426,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                      save_every_steps=config.train.checkpoint_every_steps,
                                      keep_last=config.train.keep_checkpoints)
   start_step = 0
-  if ckpt.latest_step() is not None:
+  if resuming:
     setup.state, meta = ckpt.restore(abstract_state=abstract_like(setup.state),
                                      model_name=config.model.name)
+    setup.normalization = _normalization_of(config, meta, ckpt.directory)
     start_step = int(meta["step"])
     log.info("Resumed from %s at step %d", ckpt.directory, start_step)
+  else:
+    log.info("Input normalisation: %s (follows the initial weights)", setup.normalization)
 
   train_step = make_train_step(setup, config)
   feature_fn = make_feature_fn(setup)
@@ -433,7 +478,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         config.data.batch_size, writer)
           window_start, window_steps = now, 0
       ckpt.maybe_save(step, state=setup.state,
-                      meta=_meta(config, step, step // setup.steps_per_epoch))
+                      meta=_meta(setup, config, step, step // setup.steps_per_epoch))
       if ckpt.preemption_requested():
         log.warning("Stopping at step %d after a preemption checkpoint.", step)
         return {"preempted_at_step": step}
@@ -442,7 +487,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     _flush_metrics(pending, writer, schedule)
     pending = []
     ckpt.maybe_save(step, state=setup.state,
-                    meta=_meta(config, step, step // setup.steps_per_epoch), force=True)
+                    meta=_meta(setup, config, step, step // setup.steps_per_epoch), force=True)
     results = _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer)
     return results
   finally:
@@ -487,14 +532,23 @@ def _log_progress(step, total, steps_per_epoch, m, steps_per_second, batch_size,
   writer.write(step, {"train/clips_per_second": clips_per_second})
 
 
+def _normalization_of(config, meta: dict, directory) -> str:
+  """The restored run's input normalisation, after checking that `config` builds the network
+  it trained (a shape-preserving difference, e.g. the stem pool's padding, would otherwise
+  go unnoticed)."""
+  config_lib.check_same_network(config, meta["config"], f"the checkpoint in {directory}")
+  return meta["normalization"]
+
+
 def _restore_for_eval(config, workdir):
-  data_dir, setup = _setup_for(config, workdir)
+  data_dir, setup = _setup_for(config, workdir, init_weights=False)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=1,
                                      handle_sigterm=False)
   try:
     step = None if config.eval.step < 0 else config.eval.step
     setup.state, meta = ckpt.restore(step, abstract_state=abstract_like(setup.state),
                                      model_name=config.model.name)
+    setup.normalization = _normalization_of(config, meta, ckpt.directory)
   finally:
     ckpt.close()
   return data_dir, setup, int(meta["step"])

@@ -45,6 +45,20 @@ def test_validation_names_the_field():
   config.data.num_frames = 7
   with pytest.raises(ValueError, match=r"config.data.num_frames"):
     config_lib.validate(config, num_devices=1)
+  config = config_lib.default_config()
+  config.data.height, config.data.width = 32, 16
+  with pytest.raises(ValueError, match=r"config.model.nonlocal_pool: 32x16 clips give a 2x1 map "
+                                       r"in res4, too small"):
+    config_lib.validate(config, num_devices=1)
+  config = config_lib.default_config()
+  config.model.stem_pool_padding = 2
+  with pytest.raises(ValueError, match=r"config.model.stem_pool_padding: must be 0 or 1"):
+    config_lib.validate(config, num_devices=1)
+  config = config_lib.default_config()
+  config.init.kinetics_i3d, config.init.torchvision_resnet50 = "a.pkl", "b.pth"
+  with pytest.raises(ValueError, match=r"config.init.torchvision_resnet50: at most one "
+                                       r"initialisation, got init.kinetics_i3d and "):
+    config_lib.validate(config, num_devices=1)
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
@@ -102,6 +116,45 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
   wider = tiny_config(data_dir, mode="eval", **{"model.width": 8})
   with pytest.raises(ValueError, match="first mismatch at"):
     train.evaluate_checkpoint(wider, str(straight))
+
+
+def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(data_dir,
+                                                                             tmp_path):
+  """Kinetics weights -> 'kinetics' normalisation in the checkpoints, in eval, and in a
+  fine-tuning run from them; a config that builds another network is refused."""
+  import caffe2_i3d
+  blobs = caffe2_i3d.random_blobs(depths=(1, 2, 2, 1), width=4, with_nonlocal=False)
+  caffe2_i3d.write_python2_pickle({"blobs": blobs}, tmp_path / "i3d_baseline.pkl")
+  kinetics = {"model.name": "resnet3d50", "model.stem_pool_padding": 0,
+              "optim.total_epochs": 1, "optim.decay_start_epoch": 0}
+
+  missing = tiny_config(data_dir, **kinetics, **{"init.kinetics_i3d": str(tmp_path / "no.pkl")})
+  with pytest.raises(FileNotFoundError, match=r"config.init.kinetics_i3d: .*no.pkl does not "
+                                              r"exist; the Kinetics I3D checkpoints are"):
+    train.train_and_evaluate(missing, str(tmp_path / "missing"))
+
+  first = tmp_path / "kinetics"
+  config = tiny_config(data_dir, **kinetics,
+                       **{"init.kinetics_i3d": str(tmp_path / "i3d_baseline.pkl")})
+  train.train_and_evaluate(config, str(first))
+  meta = train.checkpoint_lib.latest_meta(first / "checkpoints")
+  assert meta["normalization"] == "kinetics"
+  (tmp_path / "i3d_baseline.pkl").unlink()  # eval needs the checkpoint only
+  _, setup, _ = train._restore_for_eval(tiny_config(data_dir, **kinetics, mode="eval"),
+                                        str(first))
+  assert setup.normalization == "kinetics"
+  with pytest.raises(ValueError, match=r"config.model.stem_pool_padding is 1, but the "
+                                       r"checkpoint in .* was trained with 0"):
+    train.evaluate_checkpoint(tiny_config(data_dir, **{**kinetics, "model.stem_pool_padding": 1},
+                                          mode="eval"), str(first))
+
+  finetune = {**kinetics, "init.checkpoint": str(first / "checkpoints")}
+  train.train_and_evaluate(tiny_config(data_dir, **finetune), str(tmp_path / "finetuned"))
+  meta = train.checkpoint_lib.latest_meta(tmp_path / "finetuned" / "checkpoints")
+  assert meta["normalization"] == "kinetics"
+  with pytest.raises(ValueError, match=r"config.model.stem_pool_padding is 1"):
+    train.train_and_evaluate(tiny_config(data_dir, **{**finetune, "model.stem_pool_padding": 1}),
+                             str(tmp_path / "refused"))
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):

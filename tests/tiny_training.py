@@ -22,6 +22,8 @@ TINY_OVERRIDES = {
     "data.num_frames": 4, "data.stride": 2, "data.height": 32, "data.width": 16,
     "data.eval_batch_size": 16,
     "model.stage_depths": (1, 2, 2, 1), "model.width": 4, "model.bottleneck_dim": 16,
+    # res4 is 2x1 at 32 x 16: too small to pool the non-local keys by 1x2x2.
+    "model.nonlocal_pool": False,
     "optim.total_epochs": 5, "optim.decay_start_epoch": 3,
     "train.log_every_steps": 1, "train.checkpoint_every_steps": 4,
     "eval.num_ranked_queries": 1, "eval.top_k": 3,
