@@ -1,29 +1,33 @@
-r"""GFLOP/s of the separable convolutions' formulations under XLA, beside PyTorch on the same shapes.
+r"""GFLOP/s of formulations of the I3D's convolutions under XLA, beside PyTorch on the same shapes.
 
     python bench/conv_formulations.py [--batch 2] [--reps 3] [--pass train|forward]
+        [--only spatial|temporal|stem|all]
     python bench/conv_formulations.py --xla_flag_sets [--shapes res2,res4] [--only temporal]
         # each XLA flag set in a fresh process
 
-Shapes are the ResNet3D-50 NL's at 8 x 256 x 128 clips (res2 at 8x64x32, res3..res5 after the
+Shapes are the I3D ResNet-50 NL's at 8 x 256 x 128 clips (res2 at 8x64x32, res3..res5 after the
 temporal pool at 4x32x16, 4x16x8, 4x8x4). `train` times forward + gradients w.r.t. input and
 kernel (what the train step pays: 3x the forward FLOPs); `forward` the forward alone. Each
 number is the median of `--reps` calls after one warm-up; the machine is shared, so read the
 columns of one run against each other rather than across runs.
 
 Spatial `1 x k x k` formulations:
-  conv2d_nhwc   2D conv with time folded into the batch (the model's SpatialConv)
+  conv2d_nhwc   2D conv with time folded into the batch (the model's Conv3D for k > 1)
   conv3d_ndhwc  the 3D conv primitive with a 1 x k x k kernel
   conv2d_nchw   2D conv with NCHW activations and OIHW kernel (transposes around it)
   im2col        k*k shifted slices concatenated on channels, then one matmul
   shifted_dots  sum of k*k channel matmuls over shifted slices
-Temporal `k x 1 x 1` formulations:
-  shifted_dots  sum of k channel matmuls over time-shifted copies (the model's TemporalConv)
-  few_channel   (C <= 4: the stem) k*C broadcast multiply-adds forward, the conv2d_t_hw
-                gradients backward (the model's TemporalConv on the 3 colour channels)
+Temporal `k x 1 x 1` formulations (the bottleneck's first conv, C_in -> planes):
+  shifted_dots  sum of k channel matmuls over time-shifted copies (the model's Conv3D)
   conv3d_ndhwc  the 3D conv primitive with a k x 1 x 1 kernel
   conv2d_t_hw   2D conv with a k x 1 kernel over (T, H*W)
   conv1d_bhw    1D conv over T with (B H W) folded into the batch (a transpose each way)
   im2col        k time-shifted copies concatenated on channels, then one matmul
+Stem `5 x 7 x 7`, stride 1x2x2, 3 -> 64 channels:
+  stacked_2d    the 5 time-shifted frames stacked on channels, one 7x7 2D conv of 15 channels
+                (the model's Conv3D)
+  conv3d_ndhwc  the 3D conv primitive
+  sum_of_2d     5 2D convs of the time-shifted frames, summed
 PyTorch columns: torch.nn.functional.conv3d (NCDHW, what a PyTorch I3D uses) and conv2d with
 time folded into the batch, both on oneDNN, 2 threads.
 """
@@ -39,8 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from reid_jax.models.layers import FEW_CHANNELS, few_channel_temporal_conv
-
 # (name, B*T frames per clip given T, T, H, W, C_in, C_out, k, stride)
 SPATIAL_SHAPES = (
     ("res2 3x3", 8, 64, 32, 64, 64, 3, 1),
@@ -49,15 +51,17 @@ SPATIAL_SHAPES = (
     ("res5 3x3", 4, 8, 4, 512, 512, 3, 1),
     ("res2 1x1 64->256", 8, 64, 32, 64, 256, 1, 1),
     ("res4 1x1 1024->256", 4, 16, 8, 1024, 256, 1, 1),
-    ("stem 7x7/2", 8, 256, 128, 3, 64, 7, 2),
+    ("stem 7x7/2 (2D baseline)", 8, 256, 128, 3, 64, 7, 2),
 )
+# (name, T, H, W, C_in, C_out, k)
 TEMPORAL_SHAPES = (
-    ("stem 5x1x1", 8, 256, 128, 3, 5),
-    ("res2 3x1x1", 8, 64, 32, 64, 3),
-    ("res3 3x1x1", 4, 32, 16, 128, 3),
-    ("res4 3x1x1", 4, 16, 8, 256, 3),
-    ("res5 3x1x1", 4, 8, 4, 512, 3),
+    ("res2 3x1x1 256->64", 8, 64, 32, 256, 64, 3),
+    ("res3 3x1x1 512->128", 4, 32, 16, 512, 128, 3),
+    ("res4 3x1x1 1024->256", 4, 16, 8, 1024, 256, 3),
+    ("res5 3x1x1 2048->512", 4, 8, 4, 2048, 512, 3),
 )
+# (name, T, H, W, C_in, C_out, k_t, k, stride)
+STEM_SHAPES = (("stem 5x7x7/2 3->64", 8, 256, 128, 3, 64, 5, 7, 2),)
 
 # XLA CPU flag sets tried by --xla_flag_sets (jaxlib 0.10.2; names from its flag table).
 XLA_FLAG_SETS = {
@@ -124,8 +128,8 @@ def spatial_formulations(k, stride):
   return forms
 
 
-def temporal_formulations(k, channels):
-  """name -> f(x [B, T, H, W, C], w [k, C, C]) -> [B, T, H, W, C]."""
+def temporal_formulations(k):
+  """name -> f(x [B, T, H, W, C], w [k, C, D]) -> [B, T, H, W, D]."""
   p = k // 2
 
   def shifted_dots(x, w):
@@ -156,11 +160,37 @@ def temporal_formulations(k, channels):
     stacked = jnp.concatenate([padded[:, i:i + t] for i in range(k)], axis=-1)
     return jnp.einsum("bthwc,cd->bthwd", stacked, w.reshape(-1, w.shape[-1]))
 
-  forms = dict(shifted_dots=shifted_dots, conv3d_ndhwc=conv3d_ndhwc, conv2d_t_hw=conv2d_t_hw,
-               conv1d_bhw=conv1d_bhw, im2col=im2col)
-  if channels <= FEW_CHANNELS:
-    forms["few_channel"] = few_channel_temporal_conv
-  return forms
+  return dict(shifted_dots=shifted_dots, conv3d_ndhwc=conv3d_ndhwc, conv2d_t_hw=conv2d_t_hw,
+              conv1d_bhw=conv1d_bhw, im2col=im2col)
+
+
+def stem_formulations(k_t, k, stride):
+  """name -> f(x [B, T, H, W, C], w [k_t, k, k, C, D]) -> [B, T, H', W', D]."""
+  p_t, p = k_t // 2, ((k // 2, k // 2),) * 2
+
+  def shifted(x):
+    t = x.shape[1]
+    padded = jnp.pad(x, ((0, 0), (p_t, p_t), (0, 0), (0, 0), (0, 0)))
+    return [padded[:, i:i + t] for i in range(k_t)]
+
+  def conv2d(x, w):
+    b, t = x.shape[:2]
+    y = jax.lax.conv_general_dilated(x.reshape(b * t, *x.shape[2:]), w, (stride, stride), p,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(b, t, *y.shape[1:])
+
+  def stacked_2d(x, w):
+    kernel = w.transpose(1, 2, 0, 3, 4).reshape(k, k, -1, w.shape[-1])
+    return conv2d(jnp.concatenate(shifted(x), axis=-1), kernel)
+
+  def conv3d_ndhwc(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, stride, stride), ((p_t, p_t),) + p,
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+  def sum_of_2d(x, w):
+    return sum(conv2d(tap, w[i]) for i, tap in enumerate(shifted(x)))
+
+  return dict(stacked_2d=stacked_2d, conv3d_ndhwc=conv3d_ndhwc, sum_of_2d=sum_of_2d)
 
 
 def time_call(fn, reps):
@@ -241,11 +271,11 @@ def bench_spatial(args, rng):
 
 def bench_temporal(args, rng):
   rows = []
-  for name, t, h, w_, c, k in selected(TEMPORAL_SHAPES, args.shapes):
-    x = rng.standard_normal((args.batch, t, h, w_, c), np.float32)
-    w = rng.standard_normal((k, c, c), np.float32) * 0.05
-    flops = 2 * args.batch * t * h * w_ * c * c * k * (3 if args.pass_ == "train" else 1)
-    forms = temporal_formulations(k, c)
+  for name, t, h, w_, cin, cout, k in selected(TEMPORAL_SHAPES, args.shapes):
+    x = rng.standard_normal((args.batch, t, h, w_, cin), np.float32)
+    w = rng.standard_normal((k, cin, cout), np.float32) * 0.05
+    flops = 2 * args.batch * t * h * w_ * cin * cout * k * (3 if args.pass_ == "train" else 1)
+    forms = temporal_formulations(k)
     check_close(forms, jnp.asarray(x), jnp.asarray(w))
     row = {}
     for fname, f in forms.items():
@@ -255,6 +285,31 @@ def bench_temporal(args, rng):
     wt = torch.from_numpy(w).permute(2, 1, 0).contiguous()[..., None, None]  # O I k 1 1
     row["torch_conv3d"] = flops / time_call(torch_runner(
         lambda a, b: torch.nn.functional.conv3d(a, b, padding=(k // 2, 0, 0)),
+        xt, wt, args.pass_ == "train"), args.reps) / 1e9
+    rows.append((name, row))
+    print_row(name, row, flush=True)
+  return rows
+
+
+def bench_stem(args, rng):
+  rows = []
+  for name, t, h, w_, cin, cout, k_t, k, stride in selected(STEM_SHAPES, args.shapes):
+    x = rng.standard_normal((args.batch, t, h, w_, cin), np.float32)
+    w = rng.standard_normal((k_t, k, k, cin, cout), np.float32) * 0.05
+    ho, wo = (h - 1) // stride + 1, (w_ - 1) // stride + 1
+    flops = (2 * args.batch * t * ho * wo * cin * cout * k_t * k * k
+             * (3 if args.pass_ == "train" else 1))
+    forms = stem_formulations(k_t, k, stride)
+    check_close(forms, jnp.asarray(x), jnp.asarray(w))
+    row = {}
+    for fname, f in forms.items():
+      row[fname] = flops / time_call(jax_runner(f, jnp.asarray(x), jnp.asarray(w),
+                                                args.pass_ == "train"), args.reps) / 1e9
+    xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
+    wt = torch.from_numpy(w).permute(4, 3, 0, 1, 2).contiguous()  # O I t h w
+    row["torch_conv3d"] = flops / time_call(torch_runner(
+        lambda a, b: torch.nn.functional.conv3d(a, b, stride=(1, stride, stride),
+                                                padding=(k_t // 2, k // 2, k // 2)),
         xt, wt, args.pass_ == "train"), args.reps) / 1e9
     rows.append((name, row))
     print_row(name, row, flush=True)
@@ -286,7 +341,7 @@ def main():
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--pass", dest="pass_", choices=("train", "forward"), default="train")
-  parser.add_argument("--only", choices=("spatial", "temporal", "both"), default="both")
+  parser.add_argument("--only", choices=("spatial", "temporal", "stem", "all"), default="all")
   parser.add_argument("--shapes", default="", help="comma list of row-name prefixes, e.g. res2,res4")
   parser.add_argument("--xla_flag_sets", action="store_true")
   args, _ = parser.parse_known_args()
@@ -297,12 +352,15 @@ def main():
   print(f"{args.pass_} pass, batch {args.batch}, GFLOP/s (median of {args.reps}); "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.1f}")
   rng = np.random.default_rng(0)
-  if args.only in ("spatial", "both"):
+  if args.only in ("spatial", "all"):
     print("spatial 1 x k x k:")
     bench_spatial(args, rng)
-  if args.only in ("temporal", "both"):
+  if args.only in ("temporal", "all"):
     print("temporal k x 1 x 1:")
     bench_temporal(args, rng)
+  if args.only in ("stem", "all"):
+    print("stem k_t x k x k:")
+    bench_stem(args, rng)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@ r"""The same network and train step in PyTorch, timed beside the JAX step in one
     python bench/torch_reference.py [--batch 8] [--steps 3] [--no_compile] [--interleave]
         [train_step.py flags]
 
-The PyTorch peer is what a PyTorch video re-id codebase would run: the temporally separable
-inflated ResNet-50 as `Conv3d` layers (`k x 1 x 1` temporal, `1 x k x k` spatial, NCDHW,
-oneDNN), the embedded-Gaussian non-local blocks, the bottleneck head, label-smoothed
+The PyTorch peer is what a PyTorch video re-id codebase would run: the I3D ResNet-50 with
+non-local blocks as PySlowFast defines it (`torch_i3d`: `Conv3d` layers, NCDHW, oneDNN), the
+bottleneck head, label-smoothed
 cross-entropy + batch-hard triplet loss and `torch.optim.Adam` with coupled weight decay, on the
 same uint8 clips and labels as the JAX step. It runs eagerly, then under `torch.compile`
 (inductor: forward and backward compiled, the optimiser step eager). Parameter counts of both
@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 import torch
 from torch import nn
@@ -28,103 +29,28 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as jax_bench  # noqa: E402  (the sibling benchmark; bench/ is no package)
 
-from reid_jax.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+import torch_i3d  # noqa: E402
+from reid_jax.data import NORMALIZATIONS  # noqa: E402
 from reid_jax.models import create_model, num_params  # noqa: E402
-from reid_jax.models.resnet3d import STEM_TEMPORAL_KERNEL, VARIANTS, Architecture  # noqa: E402
+from reid_jax.models.resnet3d import VARIANTS, Architecture  # noqa: E402
 from reid_jax import config as config_lib  # noqa: E402
 
 
-def bn3d(c, zero=False):
-  bn = nn.BatchNorm3d(c)
-  if zero:
-    nn.init.zeros_(bn.weight)
-  return bn
-
-
-class NonLocal(nn.Module):
-  def __init__(self, c):
-    super().__init__()
-    inner = c // 2
-    self.theta, self.phi, self.g = (nn.Conv3d(c, inner, 1) for _ in range(3))
-    self.w_z = nn.Conv3d(inner, c, 1)
-    self.bn = bn3d(c, zero=True)
-
-  def forward(self, x):
-    b, c, t, h, w = x.shape
-    q = self.theta(x).flatten(2).transpose(1, 2)  # [B, N, C/2]
-    k = self.phi(x).flatten(2)                    # [B, C/2, N]
-    v = self.g(x).flatten(2).transpose(1, 2)
-    y = torch.softmax(q @ k, dim=-1) @ v
-    y = y.transpose(1, 2).reshape(b, -1, t, h, w)
-    return self.bn(self.w_z(y)) + x
-
-
-class Bottleneck(nn.Module):
-  def __init__(self, cin, planes, stride, temporal_kernel, with_nonlocal):
-    super().__init__()
-    cout = planes * 4
-    self.conv1 = nn.Conv3d(cin, planes, 1, bias=False)
-    self.bn1 = bn3d(planes)
-    self.conv2_t = (nn.Conv3d(planes, planes, (temporal_kernel, 1, 1),
-                              padding=(temporal_kernel // 2, 0, 0), bias=False)
-                    if temporal_kernel > 1 else None)
-    self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride),
-                           padding=(0, 1, 1), bias=False)
-    self.bn2 = bn3d(planes)
-    self.conv3 = nn.Conv3d(planes, cout, 1, bias=False)
-    self.bn3 = bn3d(cout)
-    self.downsample = (nn.Sequential(nn.Conv3d(cin, cout, 1, stride=(1, stride, stride),
-                                               bias=False), bn3d(cout))
-                       if stride != 1 or cin != cout else None)
-    self.nonlocal_block = NonLocal(cout) if with_nonlocal else None
-
-  def forward(self, x):
-    out = F.relu(self.bn1(self.conv1(x)))
-    if self.conv2_t is not None:
-      out = self.conv2_t(out)
-    out = F.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    out = F.relu(out + (x if self.downsample is None else self.downsample(x)))
-    return out if self.nonlocal_block is None else self.nonlocal_block(out)
-
-
 class ReIDNet(nn.Module):
-  """The JAX `ReIDNet` of the same `Architecture`, NCDHW."""
+  """The JAX `ReIDNet` of the same `Architecture`, NCDHW: the I3D backbone of `torch_i3d`
+  (PySlowFast's layout and names) and the re-id head."""
 
   def __init__(self, arch: Architecture, num_classes: int):
     super().__init__()
-    self.temporal_pool = arch.temporal_pool
-    self.conv1_t = (nn.Conv3d(3, 3, (STEM_TEMPORAL_KERNEL, 1, 1),
-                              padding=(STEM_TEMPORAL_KERNEL // 2, 0, 0), bias=False)
-                    if arch.inflate else None)
-    self.conv1 = nn.Conv3d(3, arch.width, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3),
-                           bias=False)
-    self.bn1 = bn3d(arch.width)
-    stages, cin = [], arch.width
-    for stage, depth in enumerate(arch.stage_depths):
-      planes = arch.width * 2 ** stage
-      blocks = []
-      for block in range(depth):
-        blocks.append(Bottleneck(cin, planes, arch.stage_stride(stage) if block == 0 else 1,
-                                 arch.temporal_kernel(stage, block),
-                                 arch.has_nonlocal(stage, block)))
-        cin = planes * 4
-      stages.append(nn.Sequential(*blocks))
-    self.stages = nn.ModuleList(stages)
-    self.fc = nn.Linear(cin, arch.bottleneck_dim)
+    self.backbone = torch_i3d.I3D(arch)
+    self.fc = nn.Linear(self.backbone.feature_dim, arch.bottleneck_dim)
     self.bn = nn.BatchNorm1d(arch.bottleneck_dim)
     self.dropout = nn.Dropout(arch.dropout_rate)
     self.leaky_relu_slope = arch.leaky_relu_slope
     self.classifier = nn.Linear(arch.bottleneck_dim, num_classes)
 
   def forward(self, clips):  # [B, 3, T, H, W]
-    x = clips if self.conv1_t is None else self.conv1_t(clips)
-    x = F.relu(self.bn1(self.conv1(x)))
-    x = F.max_pool3d(x, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-    for i, stage in enumerate(self.stages):
-      x = stage(x)
-      if i == 0 and self.temporal_pool:
-        x = F.max_pool3d(x, (2, 1, 1), stride=(2, 1, 1))
+    x = self.backbone(clips)
     features = F.leaky_relu(self.bn(self.fc(x.mean((2, 3, 4)))), self.leaky_relu_slope)
     return features, self.classifier(self.dropout(features))
 
@@ -146,8 +72,7 @@ def batch_hard_triplet(features, labels, margin):
 
 
 def make_loss_fn(model, config):
-  mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1, 1)
-  std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1, 1)
+  mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in NORMALIZATIONS["imagenet"])
   loss_cfg = config.loss
 
   def loss_fn(clips_uint8, labels):  # clips [B, T, H, W, 3] uint8
@@ -214,6 +139,39 @@ def interleaved(config, batch, steps: int) -> dict:
   return {"JAX (jit, XLA CPU)": jax_step.result(), "PyTorch eager": torch_step.result()}
 
 
+def inference(config, batch, steps: int) -> None:
+  """Evaluation-mode features of the same clips, JAX and PyTorch eager in turn (what `eval`,
+  `extract` and serving pay); prints each pair and the median ratio."""
+  from reid_jax import train
+  setup = train.build_state(config, num_classes=jax_bench.NUM_CLASSES, steps_per_epoch=100,
+                            mesh=train.make_mesh())
+  feature_fn = train.make_feature_fn(setup)
+  clips = train.global_batch({"clips": batch["clips"]}, setup.batch_sharding)["clips"]
+  arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
+  net = ReIDNet(arch, jax_bench.NUM_CLASSES).eval()
+  mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in NORMALIZATIONS[setup.normalization])
+  clips_t = torch.from_numpy(batch["clips"])
+
+  def torch_features():
+    with torch.no_grad():
+      return net((clips_t.permute(0, 4, 1, 2, 3).float() / 255 - mean) / std)[0]
+
+  ratios = []
+  for i in range(steps + 1):
+    start = time.perf_counter()
+    jax.block_until_ready(feature_fn(setup.state, clips))
+    jax_s = time.perf_counter() - start
+    start = time.perf_counter()
+    torch_features()
+    torch_s = time.perf_counter() - start
+    if i:
+      ratios.append(torch_s / jax_s)
+    print(f"  pair {i}: JAX {jax_s:6.2f} s  PyTorch eager {torch_s:6.2f} s  ratio "
+          f"{torch_s / jax_s:.3f}{'  (warm-up)' if i == 0 else ''}", flush=True)
+  print(f"  median pair ratio (PyTorch eager / JAX), evaluation forward of "
+        f"{config.data.batch_size} clips: {np.median(ratios):.3f}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   jax_bench.add_model_flags(parser)
@@ -221,12 +179,17 @@ def main():
   parser.add_argument("--torch_threads", type=int, default=2)
   parser.add_argument("--interleave", action="store_true",
                       help="alternate JAX and PyTorch eager steps (fairest on a shared machine)")
+  parser.add_argument("--inference", action="store_true",
+                      help="time the evaluation-mode forward pass instead of the train step")
   args = parser.parse_args()
   if args.dtype == "bfloat16":
     parser.error("the PyTorch peer runs float32 only")
   torch.set_num_threads(args.torch_threads)
   config = jax_bench.load_config(args)
   batch = jax_bench.random_batch(config)
+  if args.inference:
+    inference(config, batch, args.steps)
+    return
 
   from flax import nnx
   jax_params = num_params(nnx.eval_shape(lambda: create_model(

@@ -85,7 +85,7 @@ def load_config(args):
   config.data.batch_size = args.batch
   config.data.K = min(TRIPLET_K, args.batch)
   config.data.P = args.batch // config.data.K
-  config.init.torchvision_resnet50 = config.init.checkpoint = ""
+  config.init.kinetics_i3d = config.init.torchvision_resnet50 = config.init.checkpoint = ""
   return config
 
 
