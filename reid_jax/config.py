@@ -132,12 +132,13 @@ def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
 MODEL_RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "dropout_rate", "bottleneck_dim")
 
 
-def check_same_network(config, saved_config_json: str, source: str) -> None:
+def check_same_network(config, saved_config_json: str, source: str, *,
+                       may_differ: tuple[str, ...] = ()) -> None:
   """Raises naming the first `config.model` field that differs from the saved run's, other
-  than those that only change how it runs (and the head, which fine-tuning replaces)."""
+  than those that only change how it runs (and the head) and `may_differ`."""
   saved = json.loads(saved_config_json)["model"]
   for field, value in model_overrides(config).items():
-    if field in MODEL_RUNTIME_FIELDS or field not in saved:
+    if field in MODEL_RUNTIME_FIELDS + may_differ or field not in saved:
       continue
     if (list(value) if isinstance(value, tuple) else value) != saved[field]:
       raise ValueError(f"config.model.{field} is {value!r}, but {source} was trained with "

@@ -131,10 +131,13 @@ def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh,
         load_torchvision_resnet50(model, init.torchvision_resnet50,
                                   temporal_init=init.temporal_init)
       elif init.checkpoint:
-        meta = checkpoint_lib.latest_meta(init.checkpoint) or {}
-        if "config" in meta:
+        meta = checkpoint_lib.latest_meta(init.checkpoint)
+        if meta is not None:
+          # A fine-tuned re-id model may change its last stride; the rest is the network the
+          # weights were trained in.
           config_lib.check_same_network(config, meta["config"],
-                                        f"the checkpoint in {init.checkpoint}")
+                                        f"the checkpoint in {init.checkpoint}",
+                                        may_differ=("last_stride",))
         checkpoint_lib.load_params_for_finetuning(model, init.checkpoint,
                                                   skip=("head", "classifier"))
     return model, nnx.Optimizer(model, optim.make_optimizer(config.optim, steps_per_epoch),
