@@ -167,17 +167,12 @@ def temporal_formulations(k):
 def stem_formulations(k_t, k, stride):
   """name -> f(x [B, T, H, W, C], w [k_t, k, k, C, D]) -> [B, T, H', W', D]."""
   p_t, p = k_t // 2, ((k // 2, k // 2),) * 2
+  conv2d = spatial_formulations(k, stride)["conv2d_nhwc"]
 
   def shifted(x):
     t = x.shape[1]
     padded = jnp.pad(x, ((0, 0), (p_t, p_t), (0, 0), (0, 0), (0, 0)))
     return [padded[:, i:i + t] for i in range(k_t)]
-
-  def conv2d(x, w):
-    b, t = x.shape[:2]
-    y = jax.lax.conv_general_dilated(x.reshape(b * t, *x.shape[2:]), w, (stride, stride), p,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y.reshape(b, t, *y.shape[1:])
 
   def stacked_2d(x, w):
     kernel = w.transpose(1, 2, 0, 3, 4).reshape(k, k, -1, w.shape[-1])
@@ -238,6 +233,14 @@ def check_close(forms, x, w):
       raise AssertionError(f"{name} differs from the reference formulation")
 
 
+def jax_row(forms, x, w, flops, args) -> dict:
+  """GFLOP/s of every JAX formulation in `forms`, once they are checked to agree."""
+  x, w = jnp.asarray(x), jnp.asarray(w)
+  check_close(forms, x, w)
+  return {name: flops / time_call(jax_runner(f, x, w, args.pass_ == "train"), args.reps) / 1e9
+          for name, f in forms.items()}
+
+
 def bench_spatial(args, rng):
   rows = []
   for name, t, h, w_, cin, cout, k, stride in selected(SPATIAL_SHAPES, args.shapes):
@@ -248,11 +251,7 @@ def bench_spatial(args, rng):
     forms = spatial_formulations(k, stride)
     if cin < 8:  # 3-channel stem: the 3D primitive and the shifted matmuls run at ~0.1 GFLOP/s
       forms = {n: f for n, f in forms.items() if n not in ("conv3d_ndhwc", "shifted_dots")}
-    check_close(forms, jnp.asarray(x), jnp.asarray(w))
-    row = {}
-    for fname, f in forms.items():
-      row[fname] = flops / time_call(jax_runner(f, jnp.asarray(x), jnp.asarray(w),
-                                                args.pass_ == "train"), args.reps) / 1e9
+    row = jax_row(forms, x, w, flops, args)
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()  # NCDHW
     wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()     # OIHW
     pad = k // 2
@@ -276,11 +275,7 @@ def bench_temporal(args, rng):
     w = rng.standard_normal((k, cin, cout), np.float32) * 0.05
     flops = 2 * args.batch * t * h * w_ * cin * cout * k * (3 if args.pass_ == "train" else 1)
     forms = temporal_formulations(k)
-    check_close(forms, jnp.asarray(x), jnp.asarray(w))
-    row = {}
-    for fname, f in forms.items():
-      row[fname] = flops / time_call(jax_runner(f, jnp.asarray(x), jnp.asarray(w),
-                                                args.pass_ == "train"), args.reps) / 1e9
+    row = jax_row(forms, x, w, flops, args)
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
     wt = torch.from_numpy(w).permute(2, 1, 0).contiguous()[..., None, None]  # O I k 1 1
     row["torch_conv3d"] = flops / time_call(torch_runner(
@@ -300,11 +295,7 @@ def bench_stem(args, rng):
     flops = (2 * args.batch * t * ho * wo * cin * cout * k_t * k * k
              * (3 if args.pass_ == "train" else 1))
     forms = stem_formulations(k_t, k, stride)
-    check_close(forms, jnp.asarray(x), jnp.asarray(w))
-    row = {}
-    for fname, f in forms.items():
-      row[fname] = flops / time_call(jax_runner(f, jnp.asarray(x), jnp.asarray(w),
-                                                args.pass_ == "train"), args.reps) / 1e9
+    row = jax_row(forms, x, w, flops, args)
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
     wt = torch.from_numpy(w).permute(4, 3, 0, 1, 2).contiguous()  # O I t h w
     row["torch_conv3d"] = flops / time_call(torch_runner(

@@ -91,10 +91,7 @@ class Checkpointer:
             raise ValueError(f'save_every_steps must be >= 1, got {save_every_steps}.')
         if keep_last < 1:
             raise ValueError(f'keep_last must be >= 1, got {keep_last}.')
-        directory = str(directory)
-        if '://' not in directory:
-            directory = os.path.abspath(directory)
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(_absolute(directory))
         # Preemption is decided in `maybe_save` rather than by Orbax's
         # PreemptionCheckpointingPolicy, because the loop must also learn of it to stop.
         options = ocp.CheckpointManagerOptions(
@@ -235,11 +232,9 @@ class Checkpointer:
             self._handles_sigterm = False
 
 
-def latest_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The `meta` of the newest checkpoint under `directory`, or None when there is none."""
-    directory = str(directory)
-    if '://' not in directory:
-        directory = os.path.abspath(directory)
+def _restore_latest(directory: str, **items) -> tuple[int, dict[str, Any]] | None:
+    """The newest step under `directory` and its `items` (name -> Orbax restore args), read
+    without writing anything; None when there is no checkpoint."""
     if not epath.Path(directory).exists():
         return None
     with ocp.CheckpointManager(
@@ -249,7 +244,18 @@ def latest_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
         step = manager.latest_step()
         if step is None:
             return None
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+        return step, manager.restore(step, args=ocp.args.Composite(**items))
+
+
+def _absolute(directory: str | os.PathLike) -> str:
+    directory = str(directory)
+    return directory if '://' in directory else os.path.abspath(directory)
+
+
+def latest_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The `meta` of the newest checkpoint under `directory`, or None when there is none."""
+    latest = _restore_latest(_absolute(directory), meta=ocp.args.JsonRestore())
+    return None if latest is None else latest[1]['meta']
 
 
 def load_params_for_finetuning(
@@ -269,15 +275,11 @@ def load_params_for_finetuning(
     """
     from flax import nnx  # deferred: the rest of this module is framework-agnostic
 
-    directory = os.path.abspath(str(directory))
-    with ocp.CheckpointManager(
-        directory, item_names=('state', 'meta'),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    ) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f'No checkpoint in {directory} to fine-tune from.')
-        saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    directory = _absolute(directory)
+    latest = _restore_latest(directory, state=ocp.args.StandardRestore())
+    if latest is None:
+        raise FileNotFoundError(f'No checkpoint in {directory} to fine-tune from.')
+    step, saved = latest
     # The trainer saves nnx.state((model, optimizer)): the model's variables sit under '0'.
     saved_model = saved['state']['0'] if '0' in saved['state'] else saved['state']
     flat_saved = {

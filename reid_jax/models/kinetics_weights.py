@@ -28,72 +28,36 @@ from reid_jax.models.resnet3d import ReIDNet
 
 NORMALIZATION = "kinetics"
 
-
-def _caffe2_prefix(role):
-  kind = role[0]
-  if kind == "stem_conv":
-    return "conv1_w"
-  if kind == "stem_bn":
-    return "res_conv1_bn_"
-  stage, block = role[1] + 2, role[2]
-  branch = f"res{stage}_{block}_branch"
-  if kind in ("conv", "bn"):
-    return f"{branch}2{'abc'[role[3] - 1]}_{'w' if kind == 'conv' else 'bn_'}"
-  if kind == "downsample_conv":
-    return f"{branch}1_w"
-  if kind == "downsample_bn":
-    return f"{branch}1_bn_"
-  if kind == "nonlocal":
-    return f"nonlocal_conv{stage}_{block}_{'out' if role[3] == 'w_z' else role[3]}_"
-  return f"nonlocal_conv{stage}_{block}_bn_"  # nonlocal_bn
-
-
-def _pyslowfast_prefix(role):
-  kind = role[0]
-  if kind == "stem_conv":
-    return "s1.pathway0_stem.conv.weight"
-  if kind == "stem_bn":
-    return "s1.pathway0_stem.bn."
-  stage, block = role[1] + 2, role[2]
-  res = f"s{stage}.pathway0_res{block}."
-  if kind == "conv":
-    return f"{res}branch2.{'abc'[role[3] - 1]}.weight"
-  if kind == "bn":
-    return f"{res}branch2.{'abc'[role[3] - 1]}_bn."
-  if kind == "downsample_conv":
-    return f"{res}branch1.weight"
-  if kind == "downsample_bn":
-    return f"{res}branch1_bn."
-  nonlocal_ = f"s{stage}.pathway0_nonlocal{block}."
-  if kind == "nonlocal":
-    return f"{nonlocal_}conv_{'out' if role[3] == 'w_z' else role[3]}."
-  return f"{nonlocal_}bn."  # nonlocal_bn
-
-
-def _pytorchvideo_prefix(role):
-  kind = role[0]
-  if kind == "stem_conv":
-    return "blocks.0.conv.weight"
-  if kind == "stem_bn":
-    return "blocks.0.norm."
-  if kind.startswith("nonlocal"):
-    return None
-  # blocks.2 is the temporal pool after res2; res3..res5 follow it.
-  res = f"blocks.{(1, 3, 4, 5)[role[1]]}.res_blocks.{role[2]}."
-  if kind == "conv":
-    return f"{res}branch2.conv_{'abc'[role[3] - 1]}.weight"
-  if kind == "bn":
-    return f"{res}branch2.norm_{'abc'[role[3] - 1]}."
-  if kind == "downsample_conv":
-    return f"{res}branch1_conv.weight"
-  return f"{res}branch1_norm."  # downsample_bn
-
-
-_TORCH_BN = ("weight", "bias", "running_mean", "running_var")
+# Tensor names of each family (`weight_files.Naming`).
 NAMINGS = {
-    "caffe2": weight_files.Naming(_caffe2_prefix, ("s", "b", "rm", "riv"), "w", "b"),
-    "pyslowfast": weight_files.Naming(_pyslowfast_prefix, _TORCH_BN, "weight", "bias"),
-    "pytorchvideo": weight_files.Naming(_pytorchvideo_prefix, _TORCH_BN, "weight", "bias"),
+    "caffe2": weight_files.Naming({
+        "stem_conv": "conv1_w",
+        "stem_bn": "res_conv1_bn_",
+        "conv": "res{res}_{block}_branch2{abc}_w",
+        "bn": "res{res}_{block}_branch2{abc}_bn_",
+        "downsample_conv": "res{res}_{block}_branch1_w",
+        "downsample_bn": "res{res}_{block}_branch1_bn_",
+        "nonlocal": "nonlocal_conv{res}_{block}_{proj}_",
+        "nonlocal_bn": "nonlocal_conv{res}_{block}_bn_",
+    }, ("s", "b", "rm", "riv"), "w", "b"),
+    "pyslowfast": weight_files.Naming({
+        "stem_conv": "s1.pathway0_stem.conv.weight",
+        "stem_bn": "s1.pathway0_stem.bn.",
+        "conv": "s{res}.pathway0_res{block}.branch2.{abc}.weight",
+        "bn": "s{res}.pathway0_res{block}.branch2.{abc}_bn.",
+        "downsample_conv": "s{res}.pathway0_res{block}.branch1.weight",
+        "downsample_bn": "s{res}.pathway0_res{block}.branch1_bn.",
+        "nonlocal": "s{res}.pathway0_nonlocal{block}.conv_{proj}.",
+        "nonlocal_bn": "s{res}.pathway0_nonlocal{block}.bn.",
+    }, weight_files.TORCH_BN_SUFFIXES),
+    "pytorchvideo": weight_files.Naming({  # no non-local blocks
+        "stem_conv": "blocks.0.conv.weight",
+        "stem_bn": "blocks.0.norm.",
+        "conv": "blocks.{ptv}.res_blocks.{block}.branch2.conv_{abc}.weight",
+        "bn": "blocks.{ptv}.res_blocks.{block}.branch2.norm_{abc}.",
+        "downsample_conv": "blocks.{ptv}.res_blocks.{block}.branch1_conv.weight",
+        "downsample_bn": "blocks.{ptv}.res_blocks.{block}.branch1_norm.",
+    }, weight_files.TORCH_BN_SUFFIXES),
 }
 
 # What a family's files hold besides the network: classifier, optimiser and counters.

@@ -33,26 +33,15 @@ TEMPORAL_INIT_RULES = ("mean", "center")
 log = logging.getLogger("reid_jax")
 
 
-def _torchvision_prefix(role):
-  kind = role[0]
-  if kind == "stem_conv":
-    return "conv1.weight"
-  if kind == "stem_bn":
-    return "bn1."
-  if kind.startswith("nonlocal"):
-    return None  # a 2D ResNet has none: the blocks keep their initialisation
-  layer = f"layer{role[1] + 1}.{role[2]}."
-  if kind == "conv":
-    return f"{layer}conv{role[3]}.weight"
-  if kind == "bn":
-    return f"{layer}bn{role[3]}."
-  if kind == "downsample_conv":
-    return f"{layer}downsample.0.weight"
-  return f"{layer}downsample.1."  # downsample_bn
-
-
-NAMING = weight_files.Naming(_torchvision_prefix, ("weight", "bias", "running_mean",
-                                                   "running_var"), "weight", "bias")
+# A 2D ResNet has no non-local blocks: the model's keep their initialisation.
+NAMING = weight_files.Naming({
+    "stem_conv": "conv1.weight",
+    "stem_bn": "bn1.",
+    "conv": "layer{layer}.{block}.conv{n}.weight",
+    "bn": "layer{layer}.{block}.bn{n}.",
+    "downsample_conv": "layer{layer}.{block}.downsample.0.weight",
+    "downsample_bn": "layer{layer}.{block}.downsample.1.",
+}, weight_files.TORCH_BN_SUFFIXES)
 
 
 def _is_head(key: str) -> bool:

@@ -211,13 +211,34 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class Naming:
-  """A family's tensor names. `prefix(role)` gives a conv's key, or the prefix of a BatchNorm's
-  or a non-local projection's keys (completed by the suffixes); None: the family has no such
-  tensor."""
-  prefix: Callable[[tuple], str | None]
+  """A family's tensor names, as templates by role kind (see `model_parts`): a conv's key, or
+  the prefix of a BatchNorm's or a non-local projection's keys, which the suffixes complete.
+  A kind without a template is one the family's network does not have.
+
+  Template fields: `res` (2-5, as res2..res5), `layer` (1-4, torchvision's), `ptv` (1, 3, 4, 5:
+  pytorchvideo's block index, after the pool at 2), `block`, `n` (1-3) or `abc` (a-c) for the
+  bottleneck's convs, `proj` (theta, phi, g, out) for the non-local projections.
+  """
+  templates: Mapping[str, str]
   bn_suffixes: tuple[str, str, str, str]  # scale, bias, mean, var
-  weight_suffix: str
-  bias_suffix: str
+  weight_suffix: str = "weight"
+  bias_suffix: str = "bias"
+
+  def prefix(self, role: tuple) -> str | None:
+    template = self.templates.get(role[0])
+    if template is None or len(role) == 1:
+      return template
+    stage, block = role[1], role[2]
+    fields = dict(res=stage + 2, layer=stage + 1, ptv=stage + 1 if stage == 0 else stage + 2,
+                  block=block)
+    if role[0] in ("conv", "bn"):
+      fields.update(n=role[3], abc="abc"[role[3] - 1])
+    elif role[0] == "nonlocal":
+      fields["proj"] = "out" if role[3] == "w_z" else role[3]
+    return template.format(**fields)
+
+
+TORCH_BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 
 
 def build_target(model, weights: WeightFile, naming: Naming, conv_transform,
