@@ -59,10 +59,13 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
   raw = None
   if not zipped:
     try:
-      raw = _read_numpy_pickle(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
-      if "refuses" in str(e):
-        raise
+      with open(path, "rb") as f:
+        # Caffe2 pickles were written by Python 2: latin1 maps its byte strings to str
+        # losslessly.
+        raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except UnsafePickleError as e:
+      raise UnsafePickleError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
       raw = None  # not a pickle of arrays: perhaps PyTorch's legacy format
   if isinstance(raw, Mapping) and ("blobs" in raw or _STEM_KEYS["caffe2"] in raw):
     blobs = raw.get("blobs", raw)
@@ -75,6 +78,10 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
   raise ValueError(
       f"{path} is not a ResNet-50 checkpoint this project reads: none of "
       f"{sorted(_STEM_KEYS.values())} in it (first keys: {sorted(state)[:5]})")
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+  """A pickle names a global other than those that rebuild numpy arrays."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -90,22 +97,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
     if (module, name) not in self._ALLOWED:
-      raise pickle.UnpicklingError(
+      raise UnsafePickleError(
           f"refuses to load {module}.{name}: a weights pickle may hold numpy arrays only")
     if module.startswith("numpy.core"):
       module = "numpy._core" + module.removeprefix("numpy.core")  # numpy 2's name
     return super().find_class(module, name)
-
-
-def _read_numpy_pickle(path: str):
-  with open(path, "rb") as f:
-    # Caffe2 pickles were written by Python 2: latin1 maps its byte strings to str losslessly.
-    try:
-      return _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-      if "refuses" in str(e):
-        raise pickle.UnpicklingError(f"{path}: {e}") from None
-      raise
 
 
 def _torch_load(path: str):
@@ -114,8 +110,8 @@ def _torch_load(path: str):
   except ImportError as e:
     raise ImportError(f"reading {path} needs PyTorch (`pip install torch`)") from e
   # Training checkpoints of the re-id codebases hold numpy scalars (e.g. torchreid's `rank1`).
-  numpy_scalars = [np._core.multiarray.scalar, np.dtype,
-                   *(type(np.dtype(c)) for c in "?bhilqBHILQefdg")]
+  numeric = np.typecodes["AllInteger"] + np.typecodes["AllFloat"] + "?"
+  numpy_scalars = [np._core.multiarray.scalar, np.dtype, *{type(np.dtype(c)) for c in numeric}]
   try:
     with torch.serialization.safe_globals(numpy_scalars):
       return torch.load(path, map_location="cpu", weights_only=True)
