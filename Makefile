@@ -6,7 +6,7 @@ WORKDIR ?= workdirs/demo
 # pytest-xdist workers; JAX compiles are CPU-bound, so one per core.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test bench clean
+.PHONY: demo test format clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m reid_jax.main --config=configs/synthetic.py --workdir=$(WORKDIR)
 
+# Format drift and lint errors fail the run before the tests start (`make format` fixes both).
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15 tests
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -69,6 +69,7 @@ def compile_step(config, devices) -> dict:
   """Compiles the train step for `devices` without running it; XLA's memory and FLOP figures."""
   import jax
   import numpy as np
+
   from reid_jax import train
 
   import train_step as step_bench  # noqa: E402
@@ -99,6 +100,7 @@ def main(argv=None):
   args = parse_args(argv)
   devices = target_devices(args.target)  # before any other JAX use
   import jax
+
   import train_step as step_bench  # noqa: E402
 
   remats = {"both": (False, True), "on": (True,), "off": (False,)}[args.remat_modes]

@@ -15,8 +15,8 @@ non-local positions, strides) from an `Architecture`, so it also builds the 2D b
 """
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def bn3d(channels: int, zero: bool = False) -> nn.BatchNorm3d:

@@ -23,17 +23,17 @@ import time
 import jax
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step as jax_bench  # noqa: E402  (the sibling benchmark; bench/ is no package)
-
-import torch_i3d  # noqa: E402
+from reid_jax import config as config_lib  # noqa: E402
 from reid_jax.data import NORMALIZATIONS  # noqa: E402
 from reid_jax.models import create_model, num_params  # noqa: E402
 from reid_jax.models.resnet3d import VARIANTS, Architecture  # noqa: E402
-from reid_jax import config as config_lib  # noqa: E402
+
+import torch_i3d  # noqa: E402
+import train_step as jax_bench  # noqa: E402  (the sibling benchmark; bench/ is no package)
 
 
 class ReIDNet(nn.Module):

@@ -67,9 +67,9 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
     # Fail on layout errors before TFDS starts (and before the slow TensorFlow import).
     layouts.read_layout(dataset, manual_dir)
 
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
 
-    from data_prep import builders  # pylint: disable=g-import-not-at-top
+    from data_prep import builders
 
     os.makedirs(data_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f'.{dataset}.incomplete-', dir=data_dir)
@@ -120,7 +120,7 @@ def index_splits(
     Reading the written records (rather than trusting the writer) makes the index describe exactly
     what is on disk. Tracklets come split by split, each in the canonical `index` order.
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     shards, rows = [], []
     for split in splits:

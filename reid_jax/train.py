@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -20,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -29,8 +29,14 @@ from reid_jax import checkpoint as checkpoint_lib
 from reid_jax import config as config_lib
 from reid_jax import data as data_lib
 from reid_jax import evaluation, losses, optim
-from reid_jax.models import (create_model, kinetics_weights, load_kinetics_i3d,
-                             load_torchvision_resnet50, num_params, torchvision_weights)
+from reid_jax.models import (
+  create_model,
+  kinetics_weights,
+  load_kinetics_i3d,
+  load_torchvision_resnet50,
+  num_params,
+  torchvision_weights,
+)
 
 # The run's own log; Orbax and TensorFlow log through absl, which `main` keeps to warnings.
 log = logging.getLogger("reid_jax")
@@ -61,6 +67,7 @@ def prepare_dataset(config, workdir: str) -> str:
           f"set: build it with `python -m data_prep.build --dataset={name} "
           f"--manual_dir=<download> --data_dir={data_dir}` or set --config.dataset.manual_dir")
     import tensorflow_datasets as tfds
+
     from data_prep import build  # deferred: only the building process needs the converters
     tfds.disable_progress_bar()
     build.build(name, manual_dir, data_dir)
@@ -331,6 +338,7 @@ def _frames_fn(data_dir: str, config, max_frames: int = 32):
   """`tracklet row -> uint8 [n, H, W, 3]`: its first `max_frames` frames, resized as the model
   sees them, for the ranked-results sheets and the attention picture."""
   from PIL import Image
+
   from reid_jax.data import tracklets
   index = tracklets.load_index(data_dir, config.dataset.name, "eval")
   reader = tracklets.FrameReader(data_dir, config.dataset.name, index)

@@ -8,7 +8,8 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from reid_jax.evaluation import extract_features
 

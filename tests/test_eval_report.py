@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_eval_protocols import mars_like_table
 
 from reid_jax.evaluation import report, run_protocol, write_report
-from test_eval_protocols import mars_like_table
 
 H, W = 32, 16
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from test_eval_ranking import reference_metrics
 
 from reid_jax.evaluation import evaluate, re_ranking
-from test_eval_ranking import reference_metrics
 
 
 def reference_rerank(query, gallery, k1, k2, lambda_value):

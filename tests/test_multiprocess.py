@@ -9,9 +9,10 @@ import socket
 import subprocess
 
 import numpy as np
+from test_launch import clean_env, write_fake_srun
 
 from reid_jax import train
-from test_launch import clean_env, write_fake_srun
+
 from tiny_training import tiny_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,9 +14,9 @@ import torch
 import torchvision
 from flax import nnx
 
+from reid_jax.models import Architecture, create_model, load_kinetics_i3d, load_torchvision_resnet50
+
 import caffe2_i3d
-from reid_jax.models import (Architecture, create_model, load_kinetics_i3d,
-                             load_torchvision_resnet50)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "bench"))

@@ -14,6 +14,7 @@ import pytest
 
 from reid_jax import config as config_lib
 from reid_jax import train
+
 from tiny_training import tiny_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

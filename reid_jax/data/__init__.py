@@ -24,7 +24,7 @@ __all__ = [
 
 def __getattr__(name):
     if name in _PIPELINE_EXPORTS:
-        from reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+        from reid_jax.data import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -43,7 +43,7 @@ TrackletTable = tracklets_lib.TrackletTable
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax  # pylint: disable=g-import-not-at-top
+        import jax
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
