@@ -54,10 +54,10 @@ def numpy_distances(x, y):
 def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
   """torchreid's eval_func (+ AGW's mINP), stable argsort and pid -1 junk."""
   num_q, num_g = distmat.shape
-  indices = np.argsort(distmat, axis=1, kind='stable')
+  indices = np.argsort(distmat, axis=1, kind="stable")
   matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
   all_cmc, all_AP, all_INP = [], [], []
-  num_valid_q = 0.
+  num_valid_q = 0.0
   for q_idx in range(num_q):
     q_pid, q_camid = q_pids[q_idx], q_camids[q_idx]
     order = indices[q_idx]
@@ -72,10 +72,10 @@ def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     all_INP.append(cmc[pos_max_idx] / (pos_max_idx + 1.0))
     cmc[cmc > 1] = 1
     all_cmc.append(cmc[:max_rank])
-    num_valid_q += 1.
+    num_valid_q += 1.0
     num_rel = raw_cmc.sum()
     tmp_cmc = raw_cmc.cumsum()
-    tmp_cmc = [x / (i + 1.) for i, x in enumerate(tmp_cmc)]
+    tmp_cmc = [x / (i + 1.0) for i, x in enumerate(tmp_cmc)]
     tmp_cmc = np.asarray(tmp_cmc) * raw_cmc
     all_AP.append(tmp_cmc.sum() / num_rel)
   all_cmc = np.asarray(all_cmc).astype(np.float32).sum(0) / num_valid_q
@@ -85,35 +85,39 @@ def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
   """The authors' re-ranking (via torchreid), given squared distances; stable argsort."""
   original_dist = np.concatenate(
-      [np.concatenate([q_q_dist, q_g_dist], axis=1),
-       np.concatenate([q_g_dist.T, g_g_dist], axis=1)], axis=0).astype(np.float32)
-  original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
+    [np.concatenate([q_q_dist, q_g_dist], axis=1), np.concatenate([q_g_dist.T, g_g_dist], axis=1)],
+    axis=0,
+  ).astype(np.float32)
+  original_dist = np.transpose(1.0 * original_dist / np.max(original_dist, axis=0))
   V = np.zeros_like(original_dist).astype(np.float32)
-  initial_rank = np.argsort(original_dist, kind='stable').astype(np.int32)
+  initial_rank = np.argsort(original_dist, kind="stable").astype(np.int32)
   query_num = q_g_dist.shape[0]
   gallery_num = q_g_dist.shape[0] + q_g_dist.shape[1]
   all_num = gallery_num
   for i in range(all_num):
-    forward_k_neigh_index = initial_rank[i, :k1 + 1]
-    backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
+    forward_k_neigh_index = initial_rank[i, : k1 + 1]
+    backward_k_neigh_index = initial_rank[forward_k_neigh_index, : k1 + 1]
     fi = np.where(backward_k_neigh_index == i)[0]
     k_reciprocal_index = forward_k_neigh_index[fi]
     k_reciprocal_expansion_index = k_reciprocal_index
     for j in range(len(k_reciprocal_index)):
       candidate = k_reciprocal_index[j]
-      candidate_forward_k_neigh_index = initial_rank[candidate, :int(np.around(k1 / 2.)) + 1]
-      candidate_backward_k_neigh_index = initial_rank[candidate_forward_k_neigh_index,
-                                                      :int(np.around(k1 / 2.)) + 1]
+      candidate_forward_k_neigh_index = initial_rank[candidate, : int(np.around(k1 / 2.0)) + 1]
+      candidate_backward_k_neigh_index = initial_rank[
+        candidate_forward_k_neigh_index, : int(np.around(k1 / 2.0)) + 1
+      ]
       fi_candidate = np.where(candidate_backward_k_neigh_index == candidate)[0]
       candidate_k_reciprocal_index = candidate_forward_k_neigh_index[fi_candidate]
-      if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)) > 2. / 3 * len(
-          candidate_k_reciprocal_index):
-        k_reciprocal_expansion_index = np.append(k_reciprocal_expansion_index,
-                                                 candidate_k_reciprocal_index)
+      if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)) > 2.0 / 3 * len(
+        candidate_k_reciprocal_index
+      ):
+        k_reciprocal_expansion_index = np.append(
+          k_reciprocal_expansion_index, candidate_k_reciprocal_index
+        )
     k_reciprocal_expansion_index = np.unique(k_reciprocal_expansion_index)
     weight = np.exp(-original_dist[i, k_reciprocal_expansion_index])
-    V[i, k_reciprocal_expansion_index] = 1. * weight / np.sum(weight)
-  original_dist = original_dist[:query_num, ]
+    V[i, k_reciprocal_expansion_index] = 1.0 * weight / np.sum(weight)
+  original_dist = original_dist[:query_num,]
   if k2 != 1:
     V_qe = np.zeros_like(V, dtype=np.float32)
     for i in range(all_num):
@@ -131,8 +135,9 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
     indImages = [invIndex[ind] for ind in indNonZero]
     for j in range(len(indNonZero)):
       temp_min[0, indImages[j]] = temp_min[0, indImages[j]] + np.minimum(
-          V[i, indNonZero[j]], V[indImages[j], indNonZero[j]])
-    jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
+        V[i, indNonZero[j]], V[indImages[j], indNonZero[j]]
+      )
+    jaccard_dist[i] = 1 - temp_min / (2.0 - temp_min)
   final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
   del original_dist, V, jaccard_dist
   final_dist = final_dist[:query_num, query_num:]
@@ -162,6 +167,7 @@ def _summary(cmc, mean_ap, mean_inp):
 
 def part_ours(dim: int, rerank: bool, repeats: int) -> dict:
   from reid_jax.evaluation import evaluate, ranking
+
   query, gallery, q_pids, g_pids, q_camids, g_camids = make_problem(dim)
   labels = (q_pids, g_pids, q_camids, g_camids)
   out = {}
@@ -172,13 +178,16 @@ def part_ours(dim: int, rerank: bool, repeats: int) -> dict:
       return ranking.summarize(ranking.rank_statistics_from_distances(distmat, *labels), 50)
 
     first, median, res = _timed(from_distances, repeats)
-    out['metrics_from_distmat'] = dict(first_s=first, median_s=median,
-                                       **_summary(res['cmc'], res['mAP'], res['mINP']))
+    out["metrics_from_distmat"] = dict(
+      first_s=first, median_s=median, **_summary(res["cmc"], res["mAP"], res["mINP"])
+    )
   first, median, res = _timed(
-      lambda: evaluate(query, gallery, *labels, metric='euclidean', rerank=rerank), repeats)
-  out['evaluate_from_features'] = dict(first_s=first, median_s=median,
-                                       **_summary(res['cmc'], res['mAP'], res['mINP']))
-  out['peak_rss_mib'] = _peak_rss_mib()
+    lambda: evaluate(query, gallery, *labels, metric="euclidean", rerank=rerank), repeats
+  )
+  out["evaluate_from_features"] = dict(
+    first_s=first, median_s=median, **_summary(res["cmc"], res["mAP"], res["mINP"])
+  )
+  out["peak_rss_mib"] = _peak_rss_mib()
   return out
 
 
@@ -189,77 +198,91 @@ def part_numpy(dim: int, rerank: bool) -> dict:
   out = dict(distances_s=time.perf_counter() - start)
   if rerank:
     start = time.perf_counter()
-    distmat = re_ranking(distmat, numpy_distances(query, query),
-                         numpy_distances(gallery, gallery))
-    out['rerank_s'] = time.perf_counter() - start
+    distmat = re_ranking(distmat, numpy_distances(query, query), numpy_distances(gallery, gallery))
+    out["rerank_s"] = time.perf_counter() - start
   start = time.perf_counter()
   res = eval_func(distmat, q_pids, g_pids, q_camids, g_camids)
-  out['metrics_loop_s'] = time.perf_counter() - start
+  out["metrics_loop_s"] = time.perf_counter() - start
   out.update(_summary(*res))
-  out['peak_rss_mib'] = _peak_rss_mib()
+  out["peak_rss_mib"] = _peak_rss_mib()
   return out
 
 
 def _run_part(args, repeats: int) -> dict:
-  proc = subprocess.run([sys.executable, __file__, '--repeats', str(repeats), '--part', *args],
-                        capture_output=True,
-                        text=True, check=False)
+  proc = subprocess.run(
+    [sys.executable, __file__, "--repeats", str(repeats), "--part", *args],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if proc.returncode:
     raise RuntimeError(proc.stderr)
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _agreement(ours: dict, ref: dict) -> str:
-  cmc = np.abs(np.subtract(ours['cmc'], ref['cmc'])).max()
-  return (f"max |dCMC| {cmc:.1e}, |dmAP| {abs(ours['mAP'] - ref['mAP']):.1e}, "
-          f"|dmINP| {abs(ours['mINP'] - ref['mINP']):.1e}")
+  cmc = np.abs(np.subtract(ours["cmc"], ref["cmc"])).max()
+  return (
+    f"max |dCMC| {cmc:.1e}, |dmAP| {abs(ours['mAP'] - ref['mAP']):.1e}, "
+    f"|dmINP| {abs(ours['mINP'] - ref['mINP']):.1e}"
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--dims', default='512,2048')
-  parser.add_argument('--no-rerank', action='store_true')
-  parser.add_argument('--repeats', type=int, default=3, help='timed calls after the first')
-  parser.add_argument('--part', nargs=3, metavar=('SIDE', 'DIM', 'RERANK'))
+  parser.add_argument("--dims", default="512,2048")
+  parser.add_argument("--no-rerank", action="store_true")
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
+  parser.add_argument("--part", nargs=3, metavar=("SIDE", "DIM", "RERANK"))
   args = parser.parse_args()
   if args.part:
-    side, dim, rerank = args.part[0], int(args.part[1]), args.part[2] == '1'
-    result = (part_ours(dim, rerank, args.repeats) if side == 'ours'
-              else part_numpy(dim, rerank))
+    side, dim, rerank = args.part[0], int(args.part[1]), args.part[2] == "1"
+    result = part_ours(dim, rerank, args.repeats) if side == "ours" else part_numpy(dim, rerank)
     print(json.dumps(result))
     return
 
   import jax
-  print(f'MARS scale: {NUM_QUERIES} queries x {NUM_GALLERY} gallery; jax {jax.__version__} on '
-        f'{jax.devices()[0].platform}, numpy {np.__version__}')
-  for dim in (int(d) for d in args.dims.split(',')):
-    for rerank in ((False,) if args.no_rerank else (False, True)):
-      flag = '1' if rerank else '0'
+
+  print(
+    f"MARS scale: {NUM_QUERIES} queries x {NUM_GALLERY} gallery; jax {jax.__version__} on "
+    f"{jax.devices()[0].platform}, numpy {np.__version__}"
+  )
+  for dim in (int(d) for d in args.dims.split(",")):
+    for rerank in (False,) if args.no_rerank else (False, True):
+      flag = "1" if rerank else "0"
       # Re-ranking takes seconds per call: time it once after the compiling call.
-      ours = _run_part(['ours', str(dim), flag], 1 if rerank else args.repeats)
-      ref = _run_part(['numpy', str(dim), flag], 0)
-      feats = ours['evaluate_from_features']
-      title = f'{dim}-d' + (', re-ranked (k1=20, k2=6, lambda=0.3)' if rerank else '')
-      print(f'\n== {title}')
+      ours = _run_part(["ours", str(dim), flag], 1 if rerank else args.repeats)
+      ref = _run_part(["numpy", str(dim), flag], 0)
+      feats = ours["evaluate_from_features"]
+      title = f"{dim}-d" + (", re-ranked (k1=20, k2=6, lambda=0.3)" if rerank else "")
+      print(f"\n== {title}")
       if not rerank:
-        dm = ours['metrics_from_distmat']
-        print(f"metrics from a distance matrix: ours {dm['median_s']:.3f} s (first call "
-              f"{dm['first_s']:.2f} s) vs numpy loop {ref['metrics_loop_s']:.2f} s: "
-              f"{ref['metrics_loop_s'] / dm['median_s']:.0f}x; {_agreement(dm, ref)}")
-        numpy_total = ref['distances_s'] + ref['metrics_loop_s']
+        dm = ours["metrics_from_distmat"]
+        print(
+          f"metrics from a distance matrix: ours {dm['median_s']:.3f} s (first call "
+          f"{dm['first_s']:.2f} s) vs numpy loop {ref['metrics_loop_s']:.2f} s: "
+          f"{ref['metrics_loop_s'] / dm['median_s']:.0f}x; {_agreement(dm, ref)}"
+        )
+        numpy_total = ref["distances_s"] + ref["metrics_loop_s"]
       else:
-        numpy_total = ref['distances_s'] + ref['rerank_s'] + ref['metrics_loop_s']
-        print(f"numpy: distances {ref['distances_s']:.2f} s, re-ranking {ref['rerank_s']:.1f} s, "
-              f"metrics loop {ref['metrics_loop_s']:.1f} s")
-      print(f"from features (distances + {'re-ranking + ' if rerank else ''}metrics): ours "
-            f"{feats['median_s']:.3f} s (first call {feats['first_s']:.2f} s) vs numpy "
-            f"{numpy_total:.2f} s: {numpy_total / feats['median_s']:.0f}x; "
-            f"{_agreement(feats, ref)}")
+        numpy_total = ref["distances_s"] + ref["rerank_s"] + ref["metrics_loop_s"]
+        print(
+          f"numpy: distances {ref['distances_s']:.2f} s, re-ranking {ref['rerank_s']:.1f} s, "
+          f"metrics loop {ref['metrics_loop_s']:.1f} s"
+        )
+      print(
+        f"from features (distances + {'re-ranking + ' if rerank else ''}metrics): ours "
+        f"{feats['median_s']:.3f} s (first call {feats['first_s']:.2f} s) vs numpy "
+        f"{numpy_total:.2f} s: {numpy_total / feats['median_s']:.0f}x; "
+        f"{_agreement(feats, ref)}"
+      )
       print(f"peak RSS: ours {ours['peak_rss_mib']:.0f} MiB, numpy {ref['peak_rss_mib']:.0f} MiB")
-      print(f"rank-1 {feats['cmc'][0]:.4f}  mAP {feats['mAP']:.6f}  mINP {feats['mINP']:.6f} "
-            f"(ours) / rank-1 {ref['cmc'][0]:.4f}  mAP {ref['mAP']:.6f}  mINP {ref['mINP']:.6f} "
-            '(numpy)')
+      print(
+        f"rank-1 {feats['cmc'][0]:.4f}  mAP {feats['mAP']:.6f}  mINP {feats['mINP']:.6f} "
+        f"(ours) / rank-1 {ref['cmc'][0]:.4f}  mAP {ref['mAP']:.6f}  mINP {ref['mINP']:.6f} "
+        "(numpy)"
+      )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   main()

@@ -28,13 +28,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-GIB = 1024 ** 3
+GIB = 1024**3
 # Memory per device of the accelerators worth comparing with (vendor datasheets).
 DEVICE_MEMORY_GIB = {"GTX TITAN X (the paper's)": 12, "V100 / TPU v5e": 16, "A100 / H100": 80}
 
 
 def parse_args(argv=None):
   import train_step as step_bench  # noqa: E402  (the sibling benchmark; bench/ is no package)
+
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   step_bench.add_model_flags(parser)
   parser.add_argument("--target", default="cpu:8", help="cpu:N or tpu:TOPOLOGY")
@@ -47,6 +48,7 @@ def parse_args(argv=None):
 def target_devices(target: str):
   """The devices of `target`; for `cpu:N` this must run before JAX starts its CPU backend."""
   import jax
+
   kind, _, rest = target.partition(":")
   if kind == "cpu":
     count = int(rest or 1)
@@ -57,11 +59,13 @@ def target_devices(target: str):
     return devices
   if kind == "tpu":
     from jax.experimental import topologies
+
     try:
       return topologies.get_topology_desc(topology_name=rest, platform="tpu").devices
     except Exception as error:  # libtpu missing, or an unknown topology name
-      raise SystemExit(f"--target {target}: cannot describe this TPU topology ({error}); "
-                       "is libtpu installed?") from error
+      raise SystemExit(
+        f"--target {target}: cannot describe this TPU topology ({error}); is libtpu installed?"
+      ) from error
   raise SystemExit(f"--target must be cpu:N or tpu:TOPOLOGY, got {target!r}")
 
 
@@ -73,13 +77,20 @@ def compile_step(config, devices) -> dict:
   from reid_jax import train
 
   import train_step as step_bench  # noqa: E402
-  setup = train.build_state(config, num_classes=step_bench.NUM_CLASSES, steps_per_epoch=100,
-                            mesh=train.make_mesh(devices), abstract=True)
+
+  setup = train.build_state(
+    config,
+    num_classes=step_bench.NUM_CLASSES,
+    steps_per_epoch=100,
+    mesh=train.make_mesh(devices),
+    abstract=True,
+  )
   d = config.data
   batch = {
-      "clips": jax.ShapeDtypeStruct((d.batch_size, d.num_frames, d.height, d.width, 3),
-                                    np.uint8, sharding=setup.batch_sharding),
-      "labels": jax.ShapeDtypeStruct((d.batch_size,), np.int32, sharding=setup.batch_sharding),
+    "clips": jax.ShapeDtypeStruct(
+      (d.batch_size, d.num_frames, d.height, d.width, 3), np.uint8, sharding=setup.batch_sharding
+    ),
+    "labels": jax.ShapeDtypeStruct((d.batch_size,), np.int32, sharding=setup.batch_sharding),
   }
   start = time.perf_counter()
   compiled = train.make_train_step(setup, config).lower(setup.state, batch).compile()
@@ -87,13 +98,23 @@ def compile_step(config, devices) -> dict:
   stats = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  live = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+  live = (
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    - stats.alias_size_in_bytes
+    + stats.temp_size_in_bytes
+  )
   peak = getattr(stats, "peak_memory_in_bytes", 0) or live
-  return dict(compile_s=compile_s, arguments=stats.argument_size_in_bytes,
-              outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes,
-              temporaries=stats.temp_size_in_bytes, code=stats.generated_code_size_in_bytes,
-              peak=peak, flops=float(cost.get("flops", float("nan"))) if cost else float("nan"))
+  return dict(
+    compile_s=compile_s,
+    arguments=stats.argument_size_in_bytes,
+    outputs=stats.output_size_in_bytes,
+    aliased=stats.alias_size_in_bytes,
+    temporaries=stats.temp_size_in_bytes,
+    code=stats.generated_code_size_in_bytes,
+    peak=peak,
+    flops=float(cost.get("flops", float("nan"))) if cost else float("nan"),
+  )
 
 
 def main(argv=None):
@@ -108,12 +129,16 @@ def main(argv=None):
   d = config.data
   if d.batch_size % len(devices):
     raise SystemExit(f"--batch {d.batch_size} does not divide over {len(devices)} devices")
-  print(f"JAX {jax.__version__}, target {args.target}: {len(devices)} x "
-        f"{devices[0].device_kind}, {config.model.name}, global batch {d.batch_size} x "
-        f"{d.num_frames}x{d.height}x{d.width} ({d.batch_size // len(devices)} clips per "
-        f"device), attention {config.model.attention_impl}")
-  header = (f"| {'dtype':8} | remat | {'arguments':>9} | {'temporaries':>11} | {'peak':>8} | "
-            f"{'TFLOPs/step/device':>18} | {'compile s':>9} |")
+  print(
+    f"JAX {jax.__version__}, target {args.target}: {len(devices)} x "
+    f"{devices[0].device_kind}, {config.model.name}, global batch {d.batch_size} x "
+    f"{d.num_frames}x{d.height}x{d.width} ({d.batch_size // len(devices)} clips per "
+    f"device), attention {config.model.attention_impl}"
+  )
+  header = (
+    f"| {'dtype':8} | remat | {'arguments':>9} | {'temporaries':>11} | {'peak':>8} | "
+    f"{'TFLOPs/step/device':>18} | {'compile s':>9} |"
+  )
   rows = []
   for dtype in args.dtypes.split(","):
     for remat in remats:
@@ -123,16 +148,27 @@ def main(argv=None):
       print(f"  compiled {dtype} remat={remat} in {r['compile_s']:.1f} s", flush=True)
   print("\nPer device, GiB (XLA buffer assignment of the compiled step):\n")
   print(header)
-  print("|" + "|".join("-" * (len(c) - 1) + ":" if i > 1 else "-" * len(c)
-                       for i, c in enumerate(header.split("|")[1:-1])) + "|")
+  print(
+    "|"
+    + "|".join(
+      "-" * (len(c) - 1) + ":" if i > 1 else "-" * len(c)
+      for i, c in enumerate(header.split("|")[1:-1])
+    )
+    + "|"
+  )
   for dtype, remat, r in rows:
-    print(f"| {dtype:8} | {'on' if remat else 'off':5} | {r['arguments'] / GIB:9.2f} | "
-          f"{r['temporaries'] / GIB:11.2f} | {r['peak'] / GIB:8.2f} | "
-          f"{r['flops'] / 1e12:18.2f} | {r['compile_s']:9.1f} |")
+    print(
+      f"| {dtype:8} | {'on' if remat else 'off':5} | {r['arguments'] / GIB:9.2f} | "
+      f"{r['temporaries'] / GIB:11.2f} | {r['peak'] / GIB:8.2f} | "
+      f"{r['flops'] / 1e12:18.2f} | {r['compile_s']:9.1f} |"
+    )
   print()
   for name, gib in DEVICE_MEMORY_GIB.items():
-    fits = [f"{dtype}/remat {'on' if remat else 'off'}" for dtype, remat, r in rows
-            if r["peak"] <= gib * GIB]
+    fits = [
+      f"{dtype}/remat {'on' if remat else 'off'}"
+      for dtype, remat, r in rows
+      if r["peak"] <= gib * GIB
+    ]
     print(f"  fits in {gib:2d} GiB ({name}): {', '.join(fits) or 'none'}")
 
 

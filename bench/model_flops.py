@@ -23,6 +23,7 @@ def forward_fn(graphdef):
     model = nnx.merge(graphdef, state)
     model.eval()
     return model(clips)["features"]
+
   return forward
 
 
@@ -35,12 +36,15 @@ def main():
   parser.add_argument("--time", default="", help="variant whose forward pass to time")
   args = parser.parse_args()
   clip = jax.ShapeDtypeStruct((1, args.frames, args.height, args.width, 3), jnp.float32)
-  print(f"clip {args.frames}x{args.height}x{args.width}, {args.num_classes} classes, "
-        f"device {jax.devices()[0].device_kind}")
+  print(
+    f"clip {args.frames}x{args.height}x{args.width}, {args.num_classes} classes, "
+    f"device {jax.devices()[0].device_kind}"
+  )
   print(f"{'model':<16}{'parameters':>14}{'GFLOPs/clip':>14}")
   for name in MODEL_NAMES:
-    model = nnx.eval_shape(lambda: create_model(name, num_classes=args.num_classes,
-                                                rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+      lambda: create_model(name, num_classes=args.num_classes, rngs=nnx.Rngs(0))
+    )
     graphdef, state = nnx.split(model)
     cost = jax.jit(forward_fn(graphdef)).lower(state, clip).cost_analysis()
     print(f"{name:<16}{num_params(model):>14,}{cost['flops'] / 1e9:>14.1f}")
@@ -57,8 +61,10 @@ def main():
       start = time.perf_counter()
       forward(state, clips).block_until_ready()
       times.append(time.perf_counter() - start)
-    print(f"{args.time} forward, 1 clip: {np.median(times) * 1e3:.0f} ms "
-          f"(min {min(times) * 1e3:.0f} ms; first call incl. compile {compile_s:.1f} s)")
+    print(
+      f"{args.time} forward, 1 clip: {np.median(times) * 1e3:.0f} ms "
+      f"(min {min(times) * 1e3:.0f} ms; first call incl. compile {compile_s:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

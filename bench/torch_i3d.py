@@ -29,8 +29,14 @@ def bn3d(channels: int, zero: bool = False) -> nn.BatchNorm3d:
 class Stem(nn.Module):
   def __init__(self, width: int, temporal_kernel: int, pool_padding: int):
     super().__init__()
-    self.conv = nn.Conv3d(3, width, (temporal_kernel, 7, 7), stride=(1, 2, 2),
-                          padding=(temporal_kernel // 2, 3, 3), bias=False)
+    self.conv = nn.Conv3d(
+      3,
+      width,
+      (temporal_kernel, 7, 7),
+      stride=(1, 2, 2),
+      padding=(temporal_kernel // 2, 3, 3),
+      bias=False,
+    )
     self.bn = bn3d(width)
     self.pool_padding = pool_padding
 
@@ -44,11 +50,13 @@ class BottleneckTransform(nn.Module):
 
   def __init__(self, cin: int, planes: int, stride: int, temporal_kernel: int):
     super().__init__()
-    self.a = nn.Conv3d(cin, planes, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0),
-                       bias=False)
+    self.a = nn.Conv3d(
+      cin, planes, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), bias=False
+    )
     self.a_bn = bn3d(planes)
-    self.b = nn.Conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1),
-                       bias=False)
+    self.b = nn.Conv3d(
+      planes, planes, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False
+    )
     self.b_bn = bn3d(planes)
     self.c = nn.Conv3d(planes, 4 * planes, 1, bias=False)
     self.c_bn = bn3d(4 * planes)
@@ -80,20 +88,21 @@ class Nonlocal(nn.Module):
   def __init__(self, dim: int, pool: bool = True, scale: bool = True):
     super().__init__()
     self.dim_inner = dim // 2
-    self.conv_theta, self.conv_phi, self.conv_g = (nn.Conv3d(dim, self.dim_inner, 1)
-                                                   for _ in range(3))
+    self.conv_theta, self.conv_phi, self.conv_g = (
+      nn.Conv3d(dim, self.dim_inner, 1) for _ in range(3)
+    )
     self.conv_out = nn.Conv3d(self.dim_inner, dim, 1)
     self.bn = bn3d(dim, zero=True)
     self.pool, self.scale = pool, scale
 
   def forward(self, x):
     n, _, t, h, w = x.shape
-    theta = self.conv_theta(x).flatten(2)                       # [N, C', THW]
+    theta = self.conv_theta(x).flatten(2)  # [N, C', THW]
     keys_in = F.max_pool3d(x, (1, 2, 2), (1, 2, 2)) if self.pool else x
     phi, g = self.conv_phi(keys_in).flatten(2), self.conv_g(keys_in).flatten(2)
     logits = torch.einsum("nct,ncp->ntp", theta, phi)
     if self.scale:
-      logits = logits * self.dim_inner ** -0.5
+      logits = logits * self.dim_inner**-0.5
     y = torch.einsum("ntp,ncp->nct", torch.softmax(logits, dim=2), g)
     return x + self.bn(self.conv_out(y.reshape(n, self.dim_inner, t, h, w)))
 
@@ -101,17 +110,19 @@ class Nonlocal(nn.Module):
 class ResStage(nn.Module):
   def __init__(self, arch, stage: int, cin: int):
     super().__init__()
-    planes = arch.width * 2 ** stage
+    planes = arch.width * 2**stage
     self.names = []
     for i in range(arch.stage_depths[stage]):
       stride = arch.stage_stride(stage) if i == 0 else 1
-      self.add_module(f"pathway0_res{i}",
-                      ResBlock(cin, planes, stride, arch.temporal_kernel(stage, i)))
+      self.add_module(
+        f"pathway0_res{i}", ResBlock(cin, planes, stride, arch.temporal_kernel(stage, i))
+      )
       self.names.append(f"pathway0_res{i}")
       cin = 4 * planes
       if arch.has_nonlocal(stage, i):
-        self.add_module(f"pathway0_nonlocal{i}",
-                        Nonlocal(cin, pool=arch.nonlocal_pool, scale=arch.nonlocal_scale))
+        self.add_module(
+          f"pathway0_nonlocal{i}", Nonlocal(cin, pool=arch.nonlocal_pool, scale=arch.nonlocal_scale)
+        )
         self.names.append(f"pathway0_nonlocal{i}")
 
   def forward(self, x):
@@ -138,7 +149,7 @@ class I3D(nn.Module):
     cin = arch.width
     for stage in range(len(arch.stage_depths)):
       self.add_module(f"s{stage + 2}", ResStage(arch, stage, cin))
-      cin = 4 * arch.width * 2 ** stage
+      cin = 4 * arch.width * 2**stage
     self.temporal_pool = arch.temporal_pool
     self.num_stages = len(arch.stage_depths)
     self.feature_dim = cin

@@ -78,9 +78,10 @@ def make_loss_fn(model, config):
   def loss_fn(clips_uint8, labels):  # clips [B, T, H, W, 3] uint8
     clips = (clips_uint8.permute(0, 4, 1, 2, 3).float() / 255 - mean) / std
     features, logits = model(clips)
-    return (cross_entropy_label_smoothing(logits, labels, loss_cfg.label_smoothing)
-            + loss_cfg.triplet_weight * batch_hard_triplet(features, labels,
-                                                           loss_cfg.triplet_margin))
+    return cross_entropy_label_smoothing(
+      logits, labels, loss_cfg.label_smoothing
+    ) + loss_cfg.triplet_weight * batch_hard_triplet(features, labels, loss_cfg.triplet_margin)
+
   return loss_fn
 
 
@@ -92,8 +93,13 @@ class TorchStep:
     arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
     self.model = ReIDNet(arch, jax_bench.NUM_CLASSES).train()
     o = config.optim
-    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.base_lr, betas=(o.b1, o.b2),
-                                      eps=o.eps, weight_decay=o.weight_decay)
+    self.optimizer = torch.optim.Adam(
+      self.model.parameters(),
+      lr=o.base_lr,
+      betas=(o.b1, o.b2),
+      eps=o.eps,
+      weight_decay=o.weight_decay,
+    )
     self.loss_fn = make_loss_fn(self.model, config)
     if compiled:
       self.loss_fn = torch.compile(self.loss_fn)
@@ -112,8 +118,12 @@ class TorchStep:
 
   def result(self) -> dict:
     """The first call is the warm-up (and compilation); the median skips it."""
-    return dict(warmup_s=self.times[0], step_s=float(np.median(self.times[1:])),
-                losses=self.losses, params=sum(p.numel() for p in self.model.parameters()))
+    return dict(
+      warmup_s=self.times[0],
+      step_s=float(np.median(self.times[1:])),
+      losses=self.losses,
+      params=sum(p.numel() for p in self.model.parameters()),
+    )
 
 
 def bench_torch(config, batch, steps: int, compiled: bool) -> dict:
@@ -131,9 +141,12 @@ def interleaved(config, batch, steps: int) -> dict:
   for i in range(steps + 1):
     jax_step.step()
     torch_step.step()
-    print(f"  pair {i}: JAX {jax_step.times[-1]:7.2f} s  PyTorch eager {torch_step.times[-1]:7.2f} s"
-          f"  ratio {torch_step.times[-1] / jax_step.times[-1]:.3f}"
-          f"{'  (warm-up)' if i == 0 else ''}  load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+      f"  pair {i}: JAX {jax_step.times[-1]:7.2f} s  PyTorch eager {torch_step.times[-1]:7.2f} s"
+      f"  ratio {torch_step.times[-1] / jax_step.times[-1]:.3f}"
+      f"{'  (warm-up)' if i == 0 else ''}  load {os.getloadavg()[0]:.1f}",
+      flush=True,
+    )
   ratios = [t / j for j, t in zip(jax_step.times[1:], torch_step.times[1:])]
   print(f"  median pair ratio (PyTorch eager / JAX): {np.median(ratios):.3f}")
   return {"JAX (jit, XLA CPU)": jax_step.result(), "PyTorch eager": torch_step.result()}
@@ -143,8 +156,10 @@ def inference(config, batch, steps: int) -> None:
   """Evaluation-mode features of the same clips, JAX and PyTorch eager in turn (what `eval`,
   `extract` and serving pay); prints each pair and the median ratio."""
   from reid_jax import train
-  setup = train.build_state(config, num_classes=jax_bench.NUM_CLASSES, steps_per_epoch=100,
-                            mesh=train.make_mesh())
+
+  setup = train.build_state(
+    config, num_classes=jax_bench.NUM_CLASSES, steps_per_epoch=100, mesh=train.make_mesh()
+  )
   feature_fn = train.make_feature_fn(setup)
   clips = train.global_batch({"clips": batch["clips"]}, setup.batch_sharding)["clips"]
   arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
@@ -166,10 +181,15 @@ def inference(config, batch, steps: int) -> None:
     torch_s = time.perf_counter() - start
     if i:
       ratios.append(torch_s / jax_s)
-    print(f"  pair {i}: JAX {jax_s:6.2f} s  PyTorch eager {torch_s:6.2f} s  ratio "
-          f"{torch_s / jax_s:.3f}{'  (warm-up)' if i == 0 else ''}", flush=True)
-  print(f"  median pair ratio (PyTorch eager / JAX), evaluation forward of "
-        f"{config.data.batch_size} clips: {np.median(ratios):.3f}")
+    print(
+      f"  pair {i}: JAX {jax_s:6.2f} s  PyTorch eager {torch_s:6.2f} s  ratio "
+      f"{torch_s / jax_s:.3f}{'  (warm-up)' if i == 0 else ''}",
+      flush=True,
+    )
+  print(
+    f"  median pair ratio (PyTorch eager / JAX), evaluation forward of "
+    f"{config.data.batch_size} clips: {np.median(ratios):.3f}"
+  )
 
 
 def main():
@@ -177,10 +197,16 @@ def main():
   jax_bench.add_model_flags(parser)
   parser.add_argument("--no_compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--torch_threads", type=int, default=2)
-  parser.add_argument("--interleave", action="store_true",
-                      help="alternate JAX and PyTorch eager steps (fairest on a shared machine)")
-  parser.add_argument("--inference", action="store_true",
-                      help="time the evaluation-mode forward pass instead of the train step")
+  parser.add_argument(
+    "--interleave",
+    action="store_true",
+    help="alternate JAX and PyTorch eager steps (fairest on a shared machine)",
+  )
+  parser.add_argument(
+    "--inference",
+    action="store_true",
+    help="time the evaluation-mode forward pass instead of the train step",
+  )
   args = parser.parse_args()
   if args.dtype == "bfloat16":
     parser.error("the PyTorch peer runs float32 only")
@@ -192,9 +218,17 @@ def main():
     return
 
   from flax import nnx
-  jax_params = num_params(nnx.eval_shape(lambda: create_model(
-      config.model.name, num_classes=jax_bench.NUM_CLASSES, rngs=nnx.Rngs(0),
-      **config_lib.model_overrides(config))))
+
+  jax_params = num_params(
+    nnx.eval_shape(
+      lambda: create_model(
+        config.model.name,
+        num_classes=jax_bench.NUM_CLASSES,
+        rngs=nnx.Rngs(0),
+        **config_lib.model_overrides(config),
+      )
+    )
+  )
   load = os.getloadavg()[0]
   if args.interleave:
     results = interleaved(config, batch, args.steps)
@@ -209,24 +243,31 @@ def main():
     except Exception as e:  # inductor needs a working C++ toolchain; report, don't abort
       print(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0]}")
   torch_params = results["PyTorch eager"]["params"]
-  print(f"parameters: JAX {jax_params:,}  PyTorch {torch_params:,}"
-        f"  {'(equal)' if jax_params == torch_params else '(DIFFER)'}")
+  print(
+    f"parameters: JAX {jax_params:,}  PyTorch {torch_params:,}"
+    f"  {'(equal)' if jax_params == torch_params else '(DIFFER)'}"
+  )
   if jax_params != torch_params:
     raise SystemExit("the two networks differ")
 
   d = config.data
   flops = results["JAX (jit, XLA CPU)"]["flops"]
   eager_s = results["PyTorch eager"]["step_s"]
-  print(f"\n{config.model.name}, batch {d.batch_size} x {d.num_frames}x{d.height}x{d.width}, "
-        f"float32, torch {torch.__version__} with {args.torch_threads} threads, "
-        f"load average at start {load:.1f}")
-  print(f"| {'implementation':<24}| compile/warm-up s | step s | clips/s | GFLOP/s | "
-        f"vs PyTorch eager |")
+  print(
+    f"\n{config.model.name}, batch {d.batch_size} x {d.num_frames}x{d.height}x{d.width}, "
+    f"float32, torch {torch.__version__} with {args.torch_threads} threads, "
+    f"load average at start {load:.1f}"
+  )
+  print(
+    f"| {'implementation':<24}| compile/warm-up s | step s | clips/s | GFLOP/s | vs PyTorch eager |"
+  )
   print(f"|{'-' * 25}|------------------:|-------:|--------:|--------:|-----------------:|")
   for name, r in results.items():
     first = r.get("compile_s", r.get("warmup_s"))
-    print(f"| {name:<24}| {first:17.1f} | {r['step_s']:6.2f} | {d.batch_size / r['step_s']:7.2f} "
-          f"| {flops / r['step_s'] / 1e9:7.1f} | {eager_s / r['step_s']:15.2f}x |")
+    print(
+      f"| {name:<24}| {first:17.1f} | {r['step_s']:6.2f} | {d.batch_size / r['step_s']:7.2f} "
+      f"| {flops / r['step_s'] / 1e9:7.1f} | {eager_s / r['step_s']:15.2f}x |"
+    )
   for name, r in results.items():
     print(f"losses {name}: {' '.join(f'{x:.3f}' for x in r['losses'])}")
 

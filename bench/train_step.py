@@ -35,12 +35,12 @@ TRIPLET_K = 4
 
 # Dense bf16 peak FLOP/s by `device_kind` (vendor datasheets, without sparsity).
 BF16_PEAK_FLOPS = {
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-    "NVIDIA A100 80GB PCIe": 312e12,
+  "NVIDIA H100 80GB HBM3": 989e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100-SXM4-80GB": 312e12,
+  "NVIDIA A100-SXM4-40GB": 312e12,
+  "NVIDIA A100 80GB PCIe": 312e12,
 }
 
 
@@ -51,8 +51,9 @@ def bf16_peak(device_kind: str):
 
 
 def add_model_flags(parser):
-  parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..",
-                                                       "configs", "mars.py"))
+  parser.add_argument(
+    "--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "mars.py")
+  )
   parser.add_argument("--batch", type=int, default=8, help="global clips per step")
   parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
@@ -70,16 +71,22 @@ def load_config(args):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  for field, value in (("dtype", args.dtype), ("attention_impl", args.attention_impl),
-                       ("width", args.width)):
+  for field, value in (
+    ("dtype", args.dtype),
+    ("attention_impl", args.attention_impl),
+    ("width", args.width),
+  ):
     if value is not None:
       config.model[field] = value
   if args.remat:
     config.model.remat = True
   if args.depths:
     config.model.stage_depths = tuple(int(d) for d in args.depths.split(","))
-  for field, value in (("num_frames", args.frames), ("height", args.height),
-                       ("width", args.img_width)):
+  for field, value in (
+    ("num_frames", args.frames),
+    ("height", args.height),
+    ("width", args.img_width),
+  ):
     if value is not None:
       config.data[field] = value
   config.data.batch_size = args.batch
@@ -95,7 +102,7 @@ def random_batch(config, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   clips = rng.integers(0, 256, (d.batch_size, d.num_frames, d.height, d.width, 3), np.uint8)
   labels = np.repeat(rng.choice(NUM_CLASSES, d.batch_size // d.K, replace=False), d.K)
-  labels = np.concatenate([labels, labels[:d.batch_size - len(labels)]]).astype(np.int32)
+  labels = np.concatenate([labels, labels[: d.batch_size - len(labels)]]).astype(np.int32)
   return {"clips": clips, "labels": labels}
 
 
@@ -103,8 +110,9 @@ class CompiledStep:
   """The compiled train step of `config` with its state and a random batch."""
 
   def __init__(self, config):
-    setup = train.build_state(config, num_classes=NUM_CLASSES, steps_per_epoch=100,
-                              mesh=train.make_mesh())
+    setup = train.build_state(
+      config, num_classes=NUM_CLASSES, steps_per_epoch=100, mesh=train.make_mesh()
+    )
     self.batch = train.global_batch(random_batch(config), setup.batch_sharding)
     step_fn = train.make_train_step(setup, config)
     start = time.perf_counter()
@@ -124,8 +132,13 @@ class CompiledStep:
 
   def result(self) -> dict:
     """The first call pays for buffer allocation, so the median skips it."""
-    return dict(compile_s=self.compile_s, step_s=float(np.median(self.times[1:])),
-                first_s=self.times[0], flops=self.flops, losses=self.losses)
+    return dict(
+      compile_s=self.compile_s,
+      step_s=float(np.median(self.times[1:])),
+      first_s=self.times[0],
+      flops=self.flops,
+      losses=self.losses,
+    )
 
 
 def profile_step(step: CompiledStep, logdir: str, top: int = 15) -> None:
@@ -133,8 +146,10 @@ def profile_step(step: CompiledStep, logdir: str, top: int = 15) -> None:
   jax.profiler.start_trace(logdir)
   step.step()
   jax.profiler.stop_trace()
-  trace = max(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.trace.json.gz")),
-              key=os.path.getmtime)
+  trace = max(
+    glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.trace.json.gz")),
+    key=os.path.getmtime,
+  )
   events = [e for e in json.load(gzip.open(trace))["traceEvents"] if e.get("ph") == "X"]
   # Leaves are XLA's ops; the rest are the runtime's and Python's own spans around them.
   runtime = ("$", "Thunk", "Pjit", "Slinky", "Common", "Parse")
@@ -145,8 +160,10 @@ def profile_step(step: CompiledStep, logdir: str, top: int = 15) -> None:
       kinds[kind] += e["dur"] / 1e6
       counts[kind] += 1
   total = sum(kinds.values())
-  print(f"  profiled step    {step.times[-1]:8.3f} s; XLA ops {total:.3f} s in all (ops of "
-        f"one step may overlap), trace in {logdir}")
+  print(
+    f"  profiled step    {step.times[-1]:8.3f} s; XLA ops {total:.3f} s in all (ops of "
+    f"one step may overlap), trace in {logdir}"
+  )
   for kind, seconds in kinds.most_common(top):
     print(f"    {seconds:8.3f} s {100 * seconds / total:5.1f}%  x{counts[kind]:<4d} {kind}")
 
@@ -167,10 +184,12 @@ def report(config, result: dict) -> None:
   device = jax.devices()[0]
   step_s, flops = result["step_s"], result["flops"]
   d = config.data
-  print(f"JAX {jax.__version__}, {jax.device_count()} x {device.device_kind} "
-        f"({device.platform}), {config.model.name} {config.model.dtype}, "
-        f"batch {d.batch_size} x {d.num_frames}x{d.height}x{d.width}, "
-        f"remat {config.model.remat}, attention {config.model.attention_impl}")
+  print(
+    f"JAX {jax.__version__}, {jax.device_count()} x {device.device_kind} "
+    f"({device.platform}), {config.model.name} {config.model.dtype}, "
+    f"batch {d.batch_size} x {d.num_frames}x{d.height}x{d.width}, "
+    f"remat {config.model.remat}, attention {config.model.attention_impl}"
+  )
   print(f"  compile          {result['compile_s']:8.1f} s")
   print(f"  step (median)    {step_s:8.3f} s   (first call {result['first_s']:.3f} s)")
   print(f"  clips/s          {d.batch_size / step_s:8.2f}")
@@ -178,8 +197,10 @@ def report(config, result: dict) -> None:
   print(f"  achieved         {flops / step_s / 1e9:8.1f} GFLOP/s")
   peak = bf16_peak(device.device_kind) if device.platform == "gpu" else None
   if peak:
-    print(f"  MFU              {100 * flops / step_s / (peak * jax.device_count()):8.1f} % "
-          f"of {peak / 1e12:.0f} TFLOP/s bf16 per device")
+    print(
+      f"  MFU              {100 * flops / step_s / (peak * jax.device_count()):8.1f} % "
+      f"of {peak / 1e12:.0f} TFLOP/s bf16 per device"
+    )
   else:
     print("  MFU              n/a (no bf16 peak known for this device)")
   print(f"  losses           {' '.join(f'{x:.4f}' for x in result['losses'])}")

@@ -60,11 +60,11 @@ from reid_jax import config as config_lib
 
 # ROW -> (model, init field, default file name, stem_pool_padding)
 ROWS = {
-    "baseline": ("resnet50_tp", "torchvision_resnet50", "resnet50-0676ba61.pth", 1),
-    "resnet3d50": ("resnet3d50", "kinetics_i3d", "i3d_baseline_8x8_IN_pretrain_400k.pkl", 0),
-    "resnet3d50_nl": ("resnet3d50_nl", "kinetics_i3d", "i3d_nonlocal_8x8_IN_pretrain_400k.pkl", 0),
-    "imagenet": ("resnet3d50_nl", "torchvision_resnet50", "resnet50-0676ba61.pth", 1),
-    "reid": ("resnet3d50_nl", "torchvision_resnet50", "duke_bot_R50.pth", 1),
+  "baseline": ("resnet50_tp", "torchvision_resnet50", "resnet50-0676ba61.pth", 1),
+  "resnet3d50": ("resnet3d50", "kinetics_i3d", "i3d_baseline_8x8_IN_pretrain_400k.pkl", 0),
+  "resnet3d50_nl": ("resnet3d50_nl", "kinetics_i3d", "i3d_nonlocal_8x8_IN_pretrain_400k.pkl", 0),
+  "imagenet": ("resnet3d50_nl", "torchvision_resnet50", "resnet50-0676ba61.pth", 1),
+  "reid": ("resnet3d50_nl", "torchvision_resnet50", "duke_bot_R50.pth", 1),
 }
 
 

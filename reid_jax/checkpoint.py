@@ -26,278 +26,278 @@ PyTree = Any
 
 
 def _path_str(path) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator='/')
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _saved_shapes(tree_metadata) -> dict[str, tuple[int, ...] | None]:
-    return {
-        _path_str(path): getattr(leaf, 'shape', None)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree_metadata)[0]
-    }
+  return {
+    _path_str(path): getattr(leaf, "shape", None)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree_metadata)[0]
+  }
 
 
 def _target_shapes(abstract_state: PyTree) -> dict[str, tuple[int, ...] | None]:
-    def stored_shape(leaf):
-        # Typed PRNG keys are stored as their raw key data, which has extra trailing dims.
-        if jax.dtypes.issubdtype(getattr(leaf, 'dtype', None), jax.dtypes.prng_key):
-            return jax.eval_shape(jax.random.key_data, leaf).shape
-        return getattr(leaf, 'shape', None)
+  def stored_shape(leaf):
+    # Typed PRNG keys are stored as their raw key data, which has extra trailing dims.
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+      return jax.eval_shape(jax.random.key_data, leaf).shape
+    return getattr(leaf, "shape", None)
 
-    return {
-        _path_str(path): stored_shape(leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
-    }
+  return {
+    _path_str(path): stored_shape(leaf)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  }
 
 
 class Checkpointer:
-    """Saves and restores `(state, meta)` under one directory, one subdirectory per step.
+  """Saves and restores `(state, meta)` under one directory, one subdirectory per step.
 
-    Typical use in a train loop (every process runs the same calls)::
+  Typical use in a train loop (every process runs the same calls)::
 
-        ckpt = Checkpointer(workdir / 'checkpoints', save_every_steps=1000)
-        if ckpt.latest_step() is not None:
-            state, meta = ckpt.restore(abstract_state=abstract, model_name=name)
-        for step in range(start, total_steps):
-            ...
-            ckpt.maybe_save(step + 1, state=state, meta=meta)
-            if ckpt.preemption_requested():
-                break
-        else:
-            ckpt.maybe_save(total_steps, state=state, meta=meta, force=True)
-        ckpt.close()
+      ckpt = Checkpointer(workdir / 'checkpoints', save_every_steps=1000)
+      if ckpt.latest_step() is not None:
+          state, meta = ckpt.restore(abstract_state=abstract, model_name=name)
+      for step in range(start, total_steps):
+          ...
+          ckpt.maybe_save(step + 1, state=state, meta=meta)
+          if ckpt.preemption_requested():
+              break
+      else:
+          ckpt.maybe_save(total_steps, state=state, meta=meta, force=True)
+      ckpt.close()
+  """
+
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    save_every_steps: int,
+    keep_last: int = 3,
+    async_save: bool = True,
+    handle_sigterm: bool = True,
+  ):
+    """Opens (creating if needed) the checkpoint directory.
+
+    Args:
+        directory: where step subdirectories are written; local paths are made absolute.
+        save_every_steps: `maybe_save` writes at steps that are multiples of this.
+        keep_last: how many of the most recent checkpoints to keep.
+        async_save: write in a background thread once the arrays are copied to the host,
+            so training goes on during the write.
+        handle_sigterm: in a single process, catch SIGTERM (from the main thread only) to
+            save and stop; the previous handler comes back on `close()`.
     """
+    if save_every_steps < 1:
+      raise ValueError(f"save_every_steps must be >= 1, got {save_every_steps}.")
+    if keep_last < 1:
+      raise ValueError(f"keep_last must be >= 1, got {keep_last}.")
+    self.directory = epath.Path(_absolute(directory))
+    # Preemption is decided in `maybe_save` rather than by Orbax's
+    # PreemptionCheckpointingPolicy, because the loop must also learn of it to stop.
+    options = ocp.CheckpointManagerOptions(
+      save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every_steps),
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep_last),
+      enable_async_checkpointing=async_save,
+    )
+    registry = ocp.handlers.create_default_handler_registry(
+      state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()
+    )
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, handler_registry=registry
+    )
+    self._sigterm = threading.Event()
+    self._preempted = False
+    self._handles_sigterm = False
+    if handle_sigterm and jax.process_count() == 1:
+      if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # None means a handler installed outside Python, which cannot be reinstalled.
+        self._previous_sigterm_handler = signal.SIG_DFL if previous is None else previous
+        self._handles_sigterm = True
+      else:
+        logging.warning("Not on the main thread: SIGTERM will not trigger a checkpoint.")
 
-    def __init__(
-        self,
-        directory: str | os.PathLike,
-        *,
-        save_every_steps: int,
-        keep_last: int = 3,
-        async_save: bool = True,
-        handle_sigterm: bool = True,
-    ):
-        """Opens (creating if needed) the checkpoint directory.
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the next step, then stopping.")
+    self._sigterm.set()
 
-        Args:
-            directory: where step subdirectories are written; local paths are made absolute.
-            save_every_steps: `maybe_save` writes at steps that are multiples of this.
-            keep_last: how many of the most recent checkpoints to keep.
-            async_save: write in a background thread once the arrays are copied to the host,
-                so training goes on during the write.
-            handle_sigterm: in a single process, catch SIGTERM (from the main thread only) to
-                save and stop; the previous handler comes back on `close()`.
-        """
-        if save_every_steps < 1:
-            raise ValueError(f'save_every_steps must be >= 1, got {save_every_steps}.')
-        if keep_last < 1:
-            raise ValueError(f'keep_last must be >= 1, got {keep_last}.')
-        self.directory = epath.Path(_absolute(directory))
-        # Preemption is decided in `maybe_save` rather than by Orbax's
-        # PreemptionCheckpointingPolicy, because the loop must also learn of it to stop.
-        options = ocp.CheckpointManagerOptions(
-            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every_steps),
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep_last),
-            enable_async_checkpointing=async_save,
+  def maybe_save(
+    self, step: int, *, state: PyTree, meta: dict[str, Any], force: bool = False
+  ) -> bool:
+    """Saves `state` and `meta` as `step` when it is due; returns whether it saved.
+
+    Due means: `step` is a multiple of `save_every_steps`, a preemption was signalled (see the
+    module docstring), or `force` (use at the end of training). A step that already has a
+    checkpoint is not written again. Call it after every train step with the state reached
+    by that step, from every process. With `async_save` the call returns once the arrays are
+    on the host, so their device buffers may be donated right after.
+    """
+    preempted = self._sigterm.is_set() or self._manager.reached_preemption(step)
+    if preempted:
+      self._preempted = True
+    if step in self._manager.all_steps():
+      return False
+    if not (force or preempted or self._manager.should_save(step)):
+      return False
+    return self._manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+
+  def preemption_requested(self) -> bool:
+    """True once a preemption was signalled and `maybe_save` has saved for it: stop training."""
+    return self._preempted
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None when the directory holds no checkpoint."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """Every saved step, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def restore(
+    self,
+    step: int | None = None,
+    *,
+    abstract_state: PyTree,
+    model_name: str | None = None,
+  ) -> tuple[PyTree, dict[str, Any]]:
+    """Restores `(state, meta)` of `step` (default: the latest) into `abstract_state`.
+
+    `abstract_state` has the structure of the saved state with `jax.ShapeDtypeStruct` leaves
+    (or live arrays) carrying the target shardings, e.g.
+    `jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+    state)`; arrays come back laid out that way (on the default device where a leaf has no
+    sharding), in its dtypes. Only shapes are checked: a dtype change is a cast.
+
+    Raises:
+        FileNotFoundError: no checkpoint at all, or none at `step`.
+        ValueError: the checkpoint was written for another model (`meta['model']` differs
+            from `model_name`) or its tree of arrays differs from `abstract_state`; the
+            message names the first mismatching key with both shapes.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    elif step not in self._manager.all_steps():
+      raise FileNotFoundError(
+        f"No checkpoint for step {step} in {self.directory}; saved steps: {self.all_steps()}."
+      )
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = restored["meta"]
+    saved_model = meta.get("model")
+    if model_name is not None and saved_model is not None and saved_model != model_name:
+      raise ValueError(
+        f"Checkpoint {self.directory}/{step} holds model {saved_model!r}, but the current "
+        f"model is {model_name!r}."
+      )
+    self._check_fits(step, abstract_state, saved_model, model_name)
+    state = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )["state"]
+    return state, meta
+
+  def _check_fits(self, step, abstract_state, saved_model, model_name):
+    """Raises ValueError naming the first key whose presence or shape differs."""
+    saved = _saved_shapes(self._manager.item_metadata(step)["state"])
+    target = _target_shapes(abstract_state)
+    absent = "absent"
+    for key in [*target, *(k for k in saved if k not in target)]:
+      saved_shape, target_shape = saved.get(key, absent), target.get(key, absent)
+      if saved_shape != target_shape:
+        raise ValueError(
+          f"Checkpoint {self.directory}/{step} does not fit the current state: first "
+          f"mismatch at {key!r}: saved shape {saved_shape}, current shape "
+          f"{target_shape} (saved model {saved_model!r}, current model "
+          f"{model_name!r})."
         )
-        registry = ocp.handlers.create_default_handler_registry(
-            state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()
-        )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, handler_registry=registry
-        )
-        self._sigterm = threading.Event()
-        self._preempted = False
-        self._handles_sigterm = False
-        if handle_sigterm and jax.process_count() == 1:
-            if threading.current_thread() is threading.main_thread():
-                previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-                # None means a handler installed outside Python, which cannot be reinstalled.
-                self._previous_sigterm_handler = signal.SIG_DFL if previous is None else previous
-                self._handles_sigterm = True
-            else:
-                logging.warning('Not on the main thread: SIGTERM will not trigger a checkpoint.')
 
-    def _on_sigterm(self, signum, frame):
-        del signum, frame
-        logging.warning('SIGTERM received: saving a checkpoint at the next step, then stopping.')
-        self._sigterm.set()
+  def wait_until_finished(self) -> None:
+    """Blocks until every asynchronous save has been committed to disk."""
+    self._manager.wait_until_finished()
 
-    def maybe_save(
-        self, step: int, *, state: PyTree, meta: dict[str, Any], force: bool = False
-    ) -> bool:
-        """Saves `state` and `meta` as `step` when it is due; returns whether it saved.
-
-        Due means: `step` is a multiple of `save_every_steps`, a preemption was signalled (see the
-        module docstring), or `force` (use at the end of training). A step that already has a
-        checkpoint is not written again. Call it after every train step with the state reached
-        by that step, from every process. With `async_save` the call returns once the arrays are
-        on the host, so their device buffers may be donated right after.
-        """
-        preempted = self._sigterm.is_set() or self._manager.reached_preemption(step)
-        if preempted:
-            self._preempted = True
-        if step in self._manager.all_steps():
-            return False
-        if not (force or preempted or self._manager.should_save(step)):
-            return False
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-
-    def preemption_requested(self) -> bool:
-        """True once a preemption was signalled and `maybe_save` has saved for it: stop training."""
-        return self._preempted
-
-    def latest_step(self) -> int | None:
-        """The newest saved step, or None when the directory holds no checkpoint."""
-        return self._manager.latest_step()
-
-    def all_steps(self) -> list[int]:
-        """Every saved step, oldest first."""
-        return sorted(self._manager.all_steps())
-
-    def restore(
-        self,
-        step: int | None = None,
-        *,
-        abstract_state: PyTree,
-        model_name: str | None = None,
-    ) -> tuple[PyTree, dict[str, Any]]:
-        """Restores `(state, meta)` of `step` (default: the latest) into `abstract_state`.
-
-        `abstract_state` has the structure of the saved state with `jax.ShapeDtypeStruct` leaves
-        (or live arrays) carrying the target shardings, e.g.
-        `jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state)`; arrays come back laid out that way (on the default device where a leaf has no
-        sharding), in its dtypes. Only shapes are checked: a dtype change is a cast.
-
-        Raises:
-            FileNotFoundError: no checkpoint at all, or none at `step`.
-            ValueError: the checkpoint was written for another model (`meta['model']` differs
-                from `model_name`) or its tree of arrays differs from `abstract_state`; the
-                message names the first mismatching key with both shapes.
-        """
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-        elif step not in self._manager.all_steps():
-            raise FileNotFoundError(
-                f'No checkpoint for step {step} in {self.directory}; saved steps: '
-                f'{self.all_steps()}.'
-            )
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        meta = restored['meta']
-        saved_model = meta.get('model')
-        if model_name is not None and saved_model is not None and saved_model != model_name:
-            raise ValueError(
-                f'Checkpoint {self.directory}/{step} holds model {saved_model!r}, but the current '
-                f'model is {model_name!r}.'
-            )
-        self._check_fits(step, abstract_state, saved_model, model_name)
-        state = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )['state']
-        return state, meta
-
-    def _check_fits(self, step, abstract_state, saved_model, model_name):
-        """Raises ValueError naming the first key whose presence or shape differs."""
-        saved = _saved_shapes(self._manager.item_metadata(step)['state'])
-        target = _target_shapes(abstract_state)
-        absent = 'absent'
-        for key in [*target, *(k for k in saved if k not in target)]:
-            saved_shape, target_shape = saved.get(key, absent), target.get(key, absent)
-            if saved_shape != target_shape:
-                raise ValueError(
-                    f'Checkpoint {self.directory}/{step} does not fit the current state: first '
-                    f'mismatch at {key!r}: saved shape {saved_shape}, current shape '
-                    f'{target_shape} (saved model {saved_model!r}, current model '
-                    f'{model_name!r}).'
-                )
-
-    def wait_until_finished(self) -> None:
-        """Blocks until every asynchronous save has been committed to disk."""
-        self._manager.wait_until_finished()
-
-    def close(self) -> None:
-        """Finishes pending saves, releases Orbax resources and restores the SIGTERM handler."""
-        self._manager.wait_until_finished()
-        self._manager.close()
-        if self._handles_sigterm:
-            signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
-            self._handles_sigterm = False
+  def close(self) -> None:
+    """Finishes pending saves, releases Orbax resources and restores the SIGTERM handler."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+    if self._handles_sigterm:
+      signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
+      self._handles_sigterm = False
 
 
 def _restore_latest(directory: str, **items) -> tuple[int, dict[str, Any]] | None:
-    """The newest step under `directory` and its `items` (name -> Orbax restore args), read
-    without writing anything; None when there is no checkpoint."""
-    if not epath.Path(directory).exists():
-        return None
-    with ocp.CheckpointManager(
-        directory, item_names=('state', 'meta'),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    ) as manager:
-        step = manager.latest_step()
-        if step is None:
-            return None
-        return step, manager.restore(step, args=ocp.args.Composite(**items))
+  """The newest step under `directory` and its `items` (name -> Orbax restore args), read
+  without writing anything; None when there is no checkpoint."""
+  if not epath.Path(directory).exists():
+    return None
+  with ocp.CheckpointManager(
+    directory,
+    item_names=("state", "meta"),
+    options=ocp.CheckpointManagerOptions(read_only=True),
+  ) as manager:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    return step, manager.restore(step, args=ocp.args.Composite(**items))
 
 
 def _absolute(directory: str | os.PathLike) -> str:
-    directory = str(directory)
-    return directory if '://' in directory else os.path.abspath(directory)
+  directory = str(directory)
+  return directory if "://" in directory else os.path.abspath(directory)
 
 
 def latest_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The `meta` of the newest checkpoint under `directory`, or None when there is none."""
-    latest = _restore_latest(_absolute(directory), meta=ocp.args.JsonRestore())
-    return None if latest is None else latest[1]['meta']
+  """The `meta` of the newest checkpoint under `directory`, or None when there is none."""
+  latest = _restore_latest(_absolute(directory), meta=ocp.args.JsonRestore())
+  return None if latest is None else latest[1]["meta"]
 
 
 def load_params_for_finetuning(
-    model, directory: str | os.PathLike, *, skip: tuple[str, ...] = ('head', 'classifier')
+  model, directory: str | os.PathLike, *, skip: tuple[str, ...] = ("head", "classifier")
 ) -> list[str]:
-    """Copies weights and BatchNorm statistics from the latest checkpoint in `directory` into
-    `model` (in place), leaving out the variables whose path starts with `skip` (by default the
-    identity classifier, whose size is the source dataset's number of identities).
+  """Copies weights and BatchNorm statistics from the latest checkpoint in `directory` into
+  `model` (in place), leaving out the variables whose path starts with `skip` (by default the
+  identity classifier, whose size is the source dataset's number of identities).
 
-    The checkpoint's optimiser state, step and RNG are not used: fine-tuning starts afresh.
-    Returns the paths copied.
+  The checkpoint's optimiser state, step and RNG are not used: fine-tuning starts afresh.
+  Returns the paths copied.
 
-    Raises:
-        FileNotFoundError: no checkpoint in `directory`.
-        ValueError: a variable of `model` is missing from the checkpoint or has another shape
-            (the message names it): the checkpoint is of another architecture.
-    """
-    from flax import nnx  # deferred: the rest of this module is framework-agnostic
+  Raises:
+      FileNotFoundError: no checkpoint in `directory`.
+      ValueError: a variable of `model` is missing from the checkpoint or has another shape
+          (the message names it): the checkpoint is of another architecture.
+  """
+  from flax import nnx  # deferred: the rest of this module is framework-agnostic
 
-    directory = _absolute(directory)
-    latest = _restore_latest(directory, state=ocp.args.StandardRestore())
-    if latest is None:
-        raise FileNotFoundError(f'No checkpoint in {directory} to fine-tune from.')
-    step, saved = latest
-    # The trainer saves nnx.state((model, optimizer)): the model's variables sit under '0'.
-    saved_model = saved['state']['0'] if '0' in saved['state'] else saved['state']
-    flat_saved = {
-        _path_str(path): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(saved_model)[0]
-    }
-    copied = []
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
-        key = '/'.join(str(p) for p in path)
-        if tuple(str(p) for p in path[: len(skip)]) == tuple(skip):
-            continue
-        value = flat_saved.get(key + '/value', flat_saved.get(key))
-        if value is None:
-            raise ValueError(f'{directory}/{step}: no variable {key!r} in the checkpoint; '
-                             f'is it of another architecture?')
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(f'{directory}/{step}: {key!r} has shape {tuple(value.shape)}, the '
-                             f'model expects {tuple(variable.shape)}')
-        variable.set_value(jax.numpy.asarray(value, variable[...].dtype))
-        copied.append(key)
-    return copied
+  directory = _absolute(directory)
+  latest = _restore_latest(directory, state=ocp.args.StandardRestore())
+  if latest is None:
+    raise FileNotFoundError(f"No checkpoint in {directory} to fine-tune from.")
+  step, saved = latest
+  # The trainer saves nnx.state((model, optimizer)): the model's variables sit under '0'.
+  saved_model = saved["state"]["0"] if "0" in saved["state"] else saved["state"]
+  flat_saved = {
+    _path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(saved_model)[0]
+  }
+  copied = []
+  for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+    key = "/".join(str(p) for p in path)
+    if tuple(str(p) for p in path[: len(skip)]) == tuple(skip):
+      continue
+    value = flat_saved.get(key + "/value", flat_saved.get(key))
+    if value is None:
+      raise ValueError(
+        f"{directory}/{step}: no variable {key!r} in the checkpoint; is it of another architecture?"
+      )
+    if tuple(value.shape) != tuple(variable.shape):
+      raise ValueError(
+        f"{directory}/{step}: {key!r} has shape {tuple(value.shape)}, the "
+        f"model expects {tuple(variable.shape)}"
+      )
+    variable.set_value(jax.numpy.asarray(value, variable[...].dtype))
+    copied.append(key)
+  return copied

@@ -17,8 +17,7 @@ from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
 DATASETS = ("mars", "ilidsvid", "prid2011", "duke")
 MODES = ("train", "eval", "extract")
 PROTOCOLS = ("mars", "mars_no_query_in_gallery", "ilidsvid", "prid2011", "duke")
-DEFAULT_PROTOCOL = {"mars": "mars", "ilidsvid": "ilidsvid", "prid2011": "prid2011",
-                    "duke": "duke"}
+DEFAULT_PROTOCOL = {"mars": "mars", "ilidsvid": "ilidsvid", "prid2011": "prid2011", "duke": "duke"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -29,24 +28,35 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "mars"
-  c.dataset.data_dir = ""      # where `python -m data_prep.build` wrote it (default <workdir>/data)
-  c.dataset.manual_dir = ""    # the download; if set, a missing build is made from it
+  c.dataset.data_dir = ""  # where `python -m data_prep.build` wrote it (default <workdir>/data)
+  c.dataset.manual_dir = ""  # the download; if set, a missing build is made from it
   # Synthetic MARS-layout data generated into manual_dir when it is missing (0 identities: off).
   # The fields are `data_prep.synthetic.generate`'s arguments.
-  c.dataset.synthetic = ml_collections.ConfigDict(dict(
-      identities=0, cameras=4, tracklets_per_camera=2, min_len=16, max_len=32, height=128,
-      width=64, junk=8, distractors=8, seed=0))
-  c.dataset.split_index = 0     # iLIDS-VID / PRID2011 person split used for training
+  c.dataset.synthetic = ml_collections.ConfigDict(
+    dict(
+      identities=0,
+      cameras=4,
+      tracklets_per_camera=2,
+      min_len=16,
+      max_len=32,
+      height=128,
+      width=64,
+      junk=8,
+      distractors=8,
+      seed=0,
+    )
+  )
+  c.dataset.split_index = 0  # iLIDS-VID / PRID2011 person split used for training
 
   c.data = ml_collections.ConfigDict()
-  c.data.batch_size = 128       # global clips per step: must equal P x K
-  c.data.P = 32                 # identities per global batch
-  c.data.K = 4                  # tracklets per identity
+  c.data.batch_size = 128  # global clips per step: must equal P x K
+  c.data.P = 32  # identities per global batch
+  c.data.K = 4  # tracklets per identity
   c.data.num_frames = 8
-  c.data.stride = 8             # training clips: 8 frames every 8th from a 64-frame window
+  c.data.stride = 8  # training clips: 8 frames every 8th from a 64-frame window
   c.data.height = 256
   c.data.width = 128
-  c.data.eval_batch_size = 64   # global chunks per evaluation step
+  c.data.eval_batch_size = 64  # global chunks per evaluation step
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet3d50_nl"
@@ -56,14 +66,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.5
   c.model.last_stride = 2
   c.model.stem_pool_padding = 1  # 0 for the Caffe2 Kinetics checkpoints (see configs/mars.py)
-  c.model.nonlocal_scale = True   # as the Kinetics non-local weights; False: the paper's Eq. 5
+  c.model.nonlocal_scale = True  # as the Kinetics non-local weights; False: the paper's Eq. 5
   c.model.nonlocal_pool = True
   c.model.attention_impl = "einsum"
   c.model.remat = False
-  c.model.dtype = "float32"     # "bfloat16" on accelerators: compute only, parameters stay f32
+  c.model.dtype = "float32"  # "bfloat16" on accelerators: compute only, parameters stay f32
 
-  c.loss = ml_collections.ConfigDict(dict(
-      label_smoothing=0.1, triplet_margin=0.3, triplet_metric="euclidean", triplet_weight=1.0))
+  c.loss = ml_collections.ConfigDict(
+    dict(label_smoothing=0.1, triplet_margin=0.3, triplet_metric="euclidean", triplet_weight=1.0)
+  )
 
   c.optim = optim.default_config()
 
@@ -74,11 +85,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 50  # 0: evaluate only at the end
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.protocol = ""           # default: the dataset's own protocol (see DEFAULT_PROTOCOL)
-  c.eval.metric = "euclidean"    # euclidean | cosine
+  c.eval.protocol = ""  # default: the dataset's own protocol (see DEFAULT_PROTOCOL)
+  c.eval.metric = "euclidean"  # euclidean | cosine
   c.eval.rerank = False
   c.eval.max_rank = 50
-  c.eval.step = -1               # checkpoint step to evaluate (-1: the latest)
+  c.eval.step = -1  # checkpoint step to evaluate (-1: the latest)
   # iLIDS-VID / PRID2011: comma-separated `extract` outputs of the 10 split models, in split
   # order; `eval` mode then reports the mean and std over the splits.
   c.eval.split_features = ""
@@ -88,25 +99,29 @@ def default_config() -> ml_collections.ConfigDict:
   # Initial weights: at most one source. Each implies the input normalisation the model is
   # trained with (recorded in its checkpoints; see reid_jax/data/normalize.py).
   c.init = ml_collections.ConfigDict()
-  c.init.kinetics_i3d = ""          # Kinetics I3D checkpoint (Caffe2 .pkl, PySlowFast or
-                                    # pytorchvideo .pyth), for resnet3d50 / resnet3d50_nl
+  c.init.kinetics_i3d = ""  # Kinetics I3D checkpoint (Caffe2 .pkl, PySlowFast or
+  # pytorchvideo .pyth), for resnet3d50 / resnet3d50_nl
   c.init.torchvision_resnet50 = ""  # 2D ResNet-50 to inflate: torchvision (ImageNet),
-                                    # torchreid or fast-reid (re-id)
-  c.init.temporal_init = "mean"     # inflation rule of the 2D weights: mean | center
-  c.init.checkpoint = ""            # a checkpoint directory to fine-tune from (head excluded)
+  # torchreid or fast-reid (re-id)
+  c.init.temporal_init = "mean"  # inflation rule of the 2D weights: mean | center
+  c.init.checkpoint = ""  # a checkpoint directory to fine-tune from (head excluded)
   return c
 
 
 INIT_SOURCES = ("kinetics_i3d", "torchvision_resnet50", "checkpoint")
 # What a missing init file's error adds: where the paper's files come from.
 INIT_DOWNLOADS = {
-    "kinetics_i3d": ("; the Kinetics I3D checkpoints are "
-                     "https://s3.amazonaws.com/video-nonlocal/i3d_nonlocal_8x8_IN_pretrain_400k.pkl"
-                     " (non-local) and .../i3d_baseline_8x8_IN_pretrain_400k.pkl (see "
-                     "configs/mars.py)"),
-    "torchvision_resnet50": ("; torchvision's ImageNet ResNet-50 is "
-                             "https://download.pytorch.org/models/resnet50-0676ba61.pth, or give "
-                             "a torchreid / fast-reid ResNet-50 (see configs/mars.py)"),
+  "kinetics_i3d": (
+    "; the Kinetics I3D checkpoints are "
+    "https://s3.amazonaws.com/video-nonlocal/i3d_nonlocal_8x8_IN_pretrain_400k.pkl"
+    " (non-local) and .../i3d_baseline_8x8_IN_pretrain_400k.pkl (see "
+    "configs/mars.py)"
+  ),
+  "torchvision_resnet50": (
+    "; torchvision's ImageNet ResNet-50 is "
+    "https://download.pytorch.org/models/resnet50-0676ba61.pth, or give "
+    "a torchreid / fast-reid ResNet-50 (see configs/mars.py)"
+  ),
 }
 
 
@@ -132,8 +147,9 @@ def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
 MODEL_RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "dropout_rate", "bottleneck_dim")
 
 
-def check_same_network(config, saved_config_json: str, source: str, *,
-                       may_differ: tuple[str, ...] = ()) -> None:
+def check_same_network(
+  config, saved_config_json: str, source: str, *, may_differ: tuple[str, ...] = ()
+) -> None:
   """Raises naming the first `config.model` field that differs from the saved run's, other
   than those that only change how it runs (and the head) and `may_differ`."""
   saved = json.loads(saved_config_json)["model"]
@@ -141,17 +157,22 @@ def check_same_network(config, saved_config_json: str, source: str, *,
     if field in MODEL_RUNTIME_FIELDS + may_differ or field not in saved:
       continue
     if (list(value) if isinstance(value, tuple) else value) != saved[field]:
-      raise ValueError(f"config.model.{field} is {value!r}, but {source} was trained with "
-                       f"{saved[field]!r}")
+      raise ValueError(
+        f"config.model.{field} is {value!r}, but {source} was trained with {saved[field]!r}"
+      )
   if saved.get("name") != config.model.name:
-    raise ValueError(f"config.model.name is {config.model.name!r}, but {source} holds "
-                     f"{saved.get('name')!r}")
+    raise ValueError(
+      f"config.model.name is {config.model.name!r}, but {source} holds {saved.get('name')!r}"
+    )
 
 
 def model_overrides(config) -> dict:
   """`create_model` keyword arguments from `config.model` (all but the name)."""
-  return {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-          for k, v in config.model.items() if k != "name"}
+  return {
+    k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+    for k, v in config.model.items()
+    if k != "name"
+  }
 
 
 def protocol(config) -> str:
@@ -166,54 +187,106 @@ def _check(ok: bool, field: str, message: str):
 def validate(config, *, num_devices: int) -> None:
   """Raises ValueError naming the field of the first impossible setting."""
   _check(config.mode in MODES, "mode", f"{config.mode!r} is not one of {MODES}")
-  _check(config.dataset.name in DATASETS, "dataset.name",
-         f"{config.dataset.name!r} is not one of {DATASETS}")
-  _check(config.model.name in MODEL_NAMES, "model.name",
-         f"unknown model {config.model.name!r}; choose one of {MODEL_NAMES}")
+  _check(
+    config.dataset.name in DATASETS,
+    "dataset.name",
+    f"{config.dataset.name!r} is not one of {DATASETS}",
+  )
+  _check(
+    config.model.name in MODEL_NAMES,
+    "model.name",
+    f"unknown model {config.model.name!r}; choose one of {MODEL_NAMES}",
+  )
   arch_fields = {f for f in Architecture.__dataclass_fields__}
   unknown = sorted(set(config.model.keys()) - arch_fields - {"name"})
   _check(not unknown, "model", f"unknown field(s) {unknown}")
   d = config.data
-  for field in ("batch_size", "P", "K", "num_frames", "stride", "height", "width",
-                "eval_batch_size"):
+  for field in (
+    "batch_size",
+    "P",
+    "K",
+    "num_frames",
+    "stride",
+    "height",
+    "width",
+    "eval_batch_size",
+  ):
     _check(int(d[field]) >= 1, f"data.{field}", f"must be a positive integer, got {d[field]}")
-  _check(d.K >= 2 or config.loss.triplet_weight == 0, "data.K",
-         f"batch-hard triplets need K >= 2 tracklets per identity, got {d.K}")
-  _check(d.P * d.K == d.batch_size, "data.batch_size",
-         f"{d.batch_size} is not P x K = {d.P} x {d.K} = {d.P * d.K}")
-  _check(d.batch_size % num_devices == 0, "data.batch_size",
-         f"the batch of {d.batch_size} clips does not divide over {num_devices} devices")
-  _check(d.eval_batch_size % num_devices == 0, "data.eval_batch_size",
-         f"{d.eval_batch_size} does not divide over {num_devices} devices")
-  _check(config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-         f"{config.model.dtype!r} is not float32, bfloat16 or float16")
+  _check(
+    d.K >= 2 or config.loss.triplet_weight == 0,
+    "data.K",
+    f"batch-hard triplets need K >= 2 tracklets per identity, got {d.K}",
+  )
+  _check(
+    d.P * d.K == d.batch_size,
+    "data.batch_size",
+    f"{d.batch_size} is not P x K = {d.P} x {d.K} = {d.P * d.K}",
+  )
+  _check(
+    d.batch_size % num_devices == 0,
+    "data.batch_size",
+    f"the batch of {d.batch_size} clips does not divide over {num_devices} devices",
+  )
+  _check(
+    d.eval_batch_size % num_devices == 0,
+    "data.eval_batch_size",
+    f"{d.eval_batch_size} does not divide over {num_devices} devices",
+  )
+  _check(
+    config.model.dtype in ("float32", "bfloat16", "float16"),
+    "model.dtype",
+    f"{config.model.dtype!r} is not float32, bfloat16 or float16",
+  )
   if config.model.name != "resnet50_tp":
-    _check(d.num_frames % 2 == 0, "data.num_frames",
-           f"the 3D models halve T after res2, so it must be even, got {d.num_frames}")
-  _check(protocol(config) in PROTOCOLS, "eval.protocol",
-         f"{protocol(config)!r} is not one of {PROTOCOLS}")
-  _check(config.eval.metric in ("euclidean", "cosine"), "eval.metric",
-         f"{config.eval.metric!r} is not euclidean or cosine")
-  _check(config.init.temporal_init in ("mean", "center"), "init.temporal_init",
-         f"{config.init.temporal_init!r} is not mean or center")
+    _check(
+      d.num_frames % 2 == 0,
+      "data.num_frames",
+      f"the 3D models halve T after res2, so it must be even, got {d.num_frames}",
+    )
+  _check(
+    protocol(config) in PROTOCOLS,
+    "eval.protocol",
+    f"{protocol(config)!r} is not one of {PROTOCOLS}",
+  )
+  _check(
+    config.eval.metric in ("euclidean", "cosine"),
+    "eval.metric",
+    f"{config.eval.metric!r} is not euclidean or cosine",
+  )
+  _check(
+    config.init.temporal_init in ("mean", "center"),
+    "init.temporal_init",
+    f"{config.init.temporal_init!r} is not mean or center",
+  )
   sources = [f"init.{k}" for k in INIT_SOURCES if config.init[k]]
-  _check(len(sources) <= 1, sources[-1] if sources else "init",
-         f"at most one initialisation, got {' and '.join(sources)}")
-  _check(config.model.stem_pool_padding in (0, 1), "model.stem_pool_padding",
-         f"must be 0 or 1, got {config.model.stem_pool_padding}")
+  _check(
+    len(sources) <= 1,
+    sources[-1] if sources else "init",
+    f"at most one initialisation, got {' and '.join(sources)}",
+  )
+  _check(
+    config.model.stem_pool_padding in (0, 1),
+    "model.stem_pool_padding",
+    f"must be 0 or 1, got {config.model.stem_pool_padding}",
+  )
   arch = Architecture(**{**VARIANTS[config.model.name], **model_overrides(config)})
   if arch.nonlocal_pool:
     sizes = arch.feature_map_sizes(d.height, d.width)
     for stage in arch.nonlocal_stages:
       if stage < len(sizes):
-        _check(min(sizes[stage]) >= 2, "model.nonlocal_pool",
-               f"{d.height}x{d.width} clips give a {sizes[stage][0]}x{sizes[stage][1]} map in "
-               f"res{stage + 2}, too small to pool keys by 1x2x2: larger data.height/width, or "
-               f"nonlocal_pool=False")
+        _check(
+          min(sizes[stage]) >= 2,
+          "model.nonlocal_pool",
+          f"{d.height}x{d.width} clips give a {sizes[stage][0]}x{sizes[stage][1]} map in "
+          f"res{stage + 2}, too small to pool keys by 1x2x2: larger data.height/width, or "
+          f"nonlocal_pool=False",
+        )
   o = config.optim
-  _check(0 <= o.decay_start_epoch <= o.total_epochs and o.total_epochs >= 1,
-         "optim.total_epochs", f"need 0 <= decay_start_epoch ({o.decay_start_epoch}) <= "
-         f"total_epochs ({o.total_epochs}) and total_epochs >= 1")
-  _check(config.train.checkpoint_every_steps >= 1, "train.checkpoint_every_steps",
-         "must be >= 1")
+  _check(
+    0 <= o.decay_start_epoch <= o.total_epochs and o.total_epochs >= 1,
+    "optim.total_epochs",
+    f"need 0 <= decay_start_epoch ({o.decay_start_epoch}) <= "
+    f"total_epochs ({o.total_epochs}) and total_epochs >= 1",
+  )
+  _check(config.train.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
   _check(config.train.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")

@@ -18,105 +18,105 @@ _MIN_SQUARED_DISTANCE = 1e-12
 
 
 def cross_entropy_label_smoothing(
-    logits: jax.Array, labels: jax.Array, epsilon: float = 0.1
+  logits: jax.Array, labels: jax.Array, epsilon: float = 0.1
 ) -> jax.Array:
-    """Softmax cross-entropy against smoothed one-hot targets, averaged over the batch.
+  """Softmax cross-entropy against smoothed one-hot targets, averaged over the batch.
 
-    Targets are `(1 - epsilon) * onehot(labels) + epsilon / C` (Szegedy et al. 2016), the form the
-    video re-id codebases use.
+  Targets are `(1 - epsilon) * onehot(labels) + epsilon / C` (Szegedy et al. 2016), the form the
+  video re-id codebases use.
 
-    Args:
-        logits: `[B, C]` class scores, any float dtype.
-        labels: `[B]` integer class indices in `[0, C)`.
-        epsilon: smoothing mass spread uniformly over all C classes.
+  Args:
+      logits: `[B, C]` class scores, any float dtype.
+      labels: `[B]` integer class indices in `[0, C)`.
+      epsilon: smoothing mass spread uniformly over all C classes.
 
-    Returns:
-        Scalar float32 loss.
-    """
-    logits = logits.astype(jnp.float32)
-    num_classes = logits.shape[-1]
-    log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, C]
-    targets = (1.0 - epsilon) * jax.nn.one_hot(labels, num_classes) + epsilon / num_classes
-    return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
-
-
-Metric = Literal['euclidean', 'cosine']
+  Returns:
+      Scalar float32 loss.
+  """
+  logits = logits.astype(jnp.float32)
+  num_classes = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, C]
+  targets = (1.0 - epsilon) * jax.nn.one_hot(labels, num_classes) + epsilon / num_classes
+  return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
 
 
-def pairwise_distances(features: jax.Array, *, metric: Metric = 'euclidean') -> jax.Array:
-    """`[B, B]` float32 distances between the rows of `features` `[B, D]`.
+Metric = Literal["euclidean", "cosine"]
 
-    'euclidean' is `sqrt(max(||a - b||^2, 1e-12))`, so its gradient stays finite at zero distance;
-    'cosine' is `1 - cos(a, b)`.
-    """
-    if metric not in ('euclidean', 'cosine'):
-        raise ValueError(f"Unknown metric {metric!r}; expected 'euclidean' or 'cosine'.")
-    features = features.astype(jnp.float32)
-    # Full float32 matmul: accelerators default to reduced precision, and the expansion
-    # |a|^2 + |b|^2 - 2ab cancels badly for near points.
-    gram = jnp.matmul(features, features.T, precision=jax.lax.Precision.HIGHEST)  # [B, B]
-    if metric == 'cosine':
-        norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), _MIN_SQUARED_DISTANCE))  # [B]
-        return 1.0 - gram / (norms[:, None] * norms[None, :])
-    squared_norms = jnp.diagonal(gram)  # [B]
-    squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram
-    return jnp.sqrt(jnp.maximum(squared, _MIN_SQUARED_DISTANCE))
+
+def pairwise_distances(features: jax.Array, *, metric: Metric = "euclidean") -> jax.Array:
+  """`[B, B]` float32 distances between the rows of `features` `[B, D]`.
+
+  'euclidean' is `sqrt(max(||a - b||^2, 1e-12))`, so its gradient stays finite at zero distance;
+  'cosine' is `1 - cos(a, b)`.
+  """
+  if metric not in ("euclidean", "cosine"):
+    raise ValueError(f"Unknown metric {metric!r}; expected 'euclidean' or 'cosine'.")
+  features = features.astype(jnp.float32)
+  # Full float32 matmul: accelerators default to reduced precision, and the expansion
+  # |a|^2 + |b|^2 - 2ab cancels badly for near points.
+  gram = jnp.matmul(features, features.T, precision=jax.lax.Precision.HIGHEST)  # [B, B]
+  if metric == "cosine":
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), _MIN_SQUARED_DISTANCE))  # [B]
+    return 1.0 - gram / (norms[:, None] * norms[None, :])
+  squared_norms = jnp.diagonal(gram)  # [B]
+  squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram
+  return jnp.sqrt(jnp.maximum(squared, _MIN_SQUARED_DISTANCE))
 
 
 def batch_hard_triplet_loss(
-    features: jax.Array,
-    labels: jax.Array,
-    margin: float = 0.3,
-    *,
-    metric: Metric = 'euclidean',
+  features: jax.Array,
+  labels: jax.Array,
+  margin: float = 0.3,
+  *,
+  metric: Metric = "euclidean",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Batch-hard triplet loss (Hermans et al. 2017) mined over the whole batch.
+  """Batch-hard triplet loss (Hermans et al. 2017) mined over the whole batch.
 
-    For each anchor: d_pos = the largest distance to another clip of its identity, d_neg = the
-    smallest distance to a clip of any other identity; the anchor's loss is
-    `max(margin + d_pos - d_neg, 0)`.
+  For each anchor: d_pos = the largest distance to another clip of its identity, d_neg = the
+  smallest distance to a clip of any other identity; the anchor's loss is
+  `max(margin + d_pos - d_neg, 0)`.
 
-    Edge cases, chosen so that P x K batches with a short identity still train:
-    - An anchor whose identity has no other clip in the batch takes d_pos = 0, so it still pushes
-      negatives beyond the margin: loss `max(margin - d_neg, 0)`.
-    - An anchor with no negative (every clip has its label) has no triplet: it contributes nothing
-      and is left out of the mean. If no anchor has a negative the loss is 0.
+  Edge cases, chosen so that P x K batches with a short identity still train:
+  - An anchor whose identity has no other clip in the batch takes d_pos = 0, so it still pushes
+    negatives beyond the margin: loss `max(margin - d_neg, 0)`.
+  - An anchor with no negative (every clip has its label) has no triplet: it contributes nothing
+    and is left out of the mean. If no anchor has a negative the loss is 0.
 
-    Args:
-        features: `[B, D]` embeddings, any float dtype (computed in float32).
-        labels: `[B]` integer identities.
-        margin: triplet margin.
-        metric: distance, see `pairwise_distances`.
+  Args:
+      features: `[B, D]` embeddings, any float dtype (computed in float32).
+      labels: `[B]` integer identities.
+      margin: triplet margin.
+      metric: distance, see `pairwise_distances`.
 
-    Returns:
-        `(loss, aux)`: scalar float32 mean over anchors that have a negative; `aux` holds float32
-        scalars `active_fraction` (share of those anchors with a non-zero loss), `mean_d_pos` and
-        `mean_d_neg` (over the same anchors) for logging.
-    """
-    distances = pairwise_distances(features, metric=metric)  # [B, B]
-    same_label = labels[:, None] == labels[None, :]  # [B, B]
-    not_self = ~jnp.eye(labels.shape[0], dtype=bool)
-    positive = same_label & not_self
-    negative = ~same_label
+  Returns:
+      `(loss, aux)`: scalar float32 mean over anchors that have a negative; `aux` holds float32
+      scalars `active_fraction` (share of those anchors with a non-zero loss), `mean_d_pos` and
+      `mean_d_neg` (over the same anchors) for logging.
+  """
+  distances = pairwise_distances(features, metric=metric)  # [B, B]
+  same_label = labels[:, None] == labels[None, :]  # [B, B]
+  not_self = ~jnp.eye(labels.shape[0], dtype=bool)
+  positive = same_label & not_self
+  negative = ~same_label
 
-    # Masked entries become the neutral element of the reduction, so they are never selected.
-    d_pos = jnp.max(jnp.where(positive, distances, 0.0), axis=1)  # [B]
-    d_neg = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)  # [B]
-    has_negative = jnp.any(negative, axis=1)  # [B]
-    # Zero stands in for the missing negative so no inf or nan reaches the gradient.
-    d_neg = jnp.where(has_negative, d_neg, 0.0)
+  # Masked entries become the neutral element of the reduction, so they are never selected.
+  d_pos = jnp.max(jnp.where(positive, distances, 0.0), axis=1)  # [B]
+  d_neg = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)  # [B]
+  has_negative = jnp.any(negative, axis=1)  # [B]
+  # Zero stands in for the missing negative so no inf or nan reaches the gradient.
+  d_neg = jnp.where(has_negative, d_neg, 0.0)
 
-    per_anchor = jnp.where(has_negative, jax.nn.relu(margin + d_pos - d_neg), 0.0)
-    weight = has_negative.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(weight), 1.0)
+  per_anchor = jnp.where(has_negative, jax.nn.relu(margin + d_pos - d_neg), 0.0)
+  weight = has_negative.astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(weight), 1.0)
 
-    def masked_mean(x: jax.Array) -> jax.Array:
-        return jnp.sum(x * weight) / count
+  def masked_mean(x: jax.Array) -> jax.Array:
+    return jnp.sum(x * weight) / count
 
-    loss = masked_mean(per_anchor)
-    aux = {
-        'active_fraction': masked_mean((per_anchor > 0).astype(jnp.float32)),
-        'mean_d_pos': masked_mean(d_pos),
-        'mean_d_neg': masked_mean(d_neg),
-    }
-    return loss, aux
+  loss = masked_mean(per_anchor)
+  aux = {
+    "active_fraction": masked_mean((per_anchor > 0).astype(jnp.float32)),
+    "mean_d_pos": masked_mean(d_pos),
+    "mean_d_neg": masked_mean(d_neg),
+  }
+  return loss, aux

@@ -16,16 +16,21 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "synthetic.py")
+_DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.py"
+)
 
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Configuration file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", "workdirs/demo", "Checkpoints, logs, metrics and pictures.")
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() with no arguments (SLURM, Cloud TPU).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for explicit "
-                    "multi-process runs (e.g. 127.0.0.1:12345 for local processes).")
+flags.DEFINE_bool(
+  "distributed", False, "Call jax.distributed.initialize() with no arguments (SLURM, Cloud TPU)."
+)
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "host:port of process 0, for explicit "
+  "multi-process runs (e.g. 127.0.0.1:12345 for local processes).",
+)
 flags.DEFINE_integer("num_processes", None, "Processes of an explicit multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in an explicit run.")
 flags.DEFINE_integer("cpu_devices", None, "Number of CPU devices to expose (testing).")
@@ -35,14 +40,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax  # after flag parsing so the device flags apply before backends start
+
   if flags.FLAGS.cpu_devices:
     jax.config.update("jax_num_cpu_devices", flags.FLAGS.cpu_devices)
   if flags.FLAGS.cpu_devices or os.environ.get("JAX_PLATFORMS") == "cpu":
     # Cross-process collectives on CPU devices (local multi-process runs) go over gloo.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if flags.FLAGS.coordinator_address:
-    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
-                               flags.FLAGS.process_id)
+    jax.distributed.initialize(
+      flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
+    )
   elif flags.FLAGS.distributed:
     jax.distributed.initialize()
   # Libraries (Orbax, TensorFlow) log through absl: keep them to warnings, and give the run's
@@ -56,10 +63,17 @@ def main(argv):
   run_log.propagate = False
 
   from reid_jax import train  # imports TensorFlow and JAX models: after initialisation
+
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
-  run_log.info("Mode %s, workdir %s, %d devices (%s) over %d processes", config.mode, workdir,
-               jax.device_count(), jax.devices()[0].platform, jax.process_count())
+  run_log.info(
+    "Mode %s, workdir %s, %d devices (%s) over %d processes",
+    config.mode,
+    workdir,
+    jax.device_count(),
+    jax.devices()[0].platform,
+    jax.process_count(),
+  )
   if config.mode == "train":
     train.train_and_evaluate(config, workdir)
   elif config.mode == "eval":

@@ -46,6 +46,7 @@ log = logging.getLogger("reid_jax")
 # Data: make the dataset if it is missing (synthetic generation and the real converter).
 # ---------------------------------------------------------------------------------------------
 
+
 def prepare_dataset(config, workdir: str) -> str:
   """Returns the data_dir holding the built dataset, building it first if needed.
 
@@ -63,12 +64,14 @@ def prepare_dataset(config, workdir: str) -> str:
         _generate_synthetic(manual_dir, synthetic)
     if not manual_dir:
       raise FileNotFoundError(
-          f"No built dataset at {os.path.dirname(stats)} and config.dataset.manual_dir is not "
-          f"set: build it with `python -m data_prep.build --dataset={name} "
-          f"--manual_dir=<download> --data_dir={data_dir}` or set --config.dataset.manual_dir")
+        f"No built dataset at {os.path.dirname(stats)} and config.dataset.manual_dir is not "
+        f"set: build it with `python -m data_prep.build --dataset={name} "
+        f"--manual_dir=<download> --data_dir={data_dir}` or set --config.dataset.manual_dir"
+      )
     import tensorflow_datasets as tfds
 
     from data_prep import build  # deferred: only the building process needs the converters
+
     tfds.disable_progress_bar()
     build.build(name, manual_dir, data_dir)
   _barrier("dataset")
@@ -77,9 +80,11 @@ def prepare_dataset(config, workdir: str) -> str:
 
 def _generate_synthetic(manual_dir: str, settings: dict) -> None:
   from data_prep import synthetic
+
   partial = manual_dir.rstrip("/") + ".partial"
   if os.path.exists(partial):
     import shutil
+
     shutil.rmtree(partial)  # an interrupted earlier generation
   log.info("Generating the synthetic MARS-layout dataset in %s", manual_dir)
   synthetic.generate(partial, **settings)
@@ -89,6 +94,7 @@ def _generate_synthetic(manual_dir: str, settings: dict) -> None:
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -96,13 +102,15 @@ def _barrier(name: str) -> None:
 # Model, optimiser and their sharded state.
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Setup:
   """What every mode needs: the mesh, the model graph and its sharded state."""
+
   mesh: jax.sharding.Mesh
   graphdef: Any
-  state: Any              # nnx.State of (model, optimizer)
-  normalization: str      # the input statistics the weights expect (data/normalize.py)
+  state: Any  # nnx.State of (model, optimizer)
+  normalization: str  # the input statistics the weights expect (data/normalize.py)
   replicated: NamedSharding
   batch_sharding: NamedSharding
   num_classes: int
@@ -112,12 +120,20 @@ class Setup:
 def make_mesh(devices=None) -> jax.sharding.Mesh:
   """A one-axis `data` mesh of `devices` (default: every device of every process)."""
   count = len(devices) if devices is not None else jax.device_count()
-  return jax.make_mesh((count,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+    (count,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
 
 
-def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh,
-                abstract: bool = False, init_weights: bool = True) -> Setup:
+def build_state(
+  config,
+  *,
+  num_classes: int,
+  steps_per_epoch: int,
+  mesh,
+  abstract: bool = False,
+  init_weights: bool = True,
+) -> Setup:
   """Creates model and optimiser and replicates them over the mesh.
 
   With `init_weights` the model starts from `config.init` (Kinetics I3D, a 2D ResNet-50 or a
@@ -126,42 +142,59 @@ def build_state(config, *, num_classes: int, steps_per_epoch: int, mesh,
   shardings only: nothing is allocated and no weights are loaded, for compiling ahead of time
   (bench/memory.py).
   """
+
   def new_model_and_optimizer(load_weights: bool):
-    model = create_model(config.model.name, num_classes=num_classes,
-                         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                         **config_lib.model_overrides(config))
+    model = create_model(
+      config.model.name,
+      num_classes=num_classes,
+      rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+      **config_lib.model_overrides(config),
+    )
     if load_weights:
       init = config.init
       if init.kinetics_i3d:
         load_kinetics_i3d(model, init.kinetics_i3d)
       elif init.torchvision_resnet50:
-        load_torchvision_resnet50(model, init.torchvision_resnet50,
-                                  temporal_init=init.temporal_init)
+        load_torchvision_resnet50(
+          model, init.torchvision_resnet50, temporal_init=init.temporal_init
+        )
       elif init.checkpoint:
         meta = checkpoint_lib.latest_meta(init.checkpoint)
         if meta is not None:
           # A fine-tuned re-id model may change its last stride; the rest is the network the
           # weights were trained in.
-          config_lib.check_same_network(config, meta["config"],
-                                        f"the checkpoint in {init.checkpoint}",
-                                        may_differ=("last_stride",))
-        checkpoint_lib.load_params_for_finetuning(model, init.checkpoint,
-                                                  skip=("head", "classifier"))
-    return model, nnx.Optimizer(model, optim.make_optimizer(config.optim, steps_per_epoch),
-                                wrt=nnx.Param)
+          config_lib.check_same_network(
+            config,
+            meta["config"],
+            f"the checkpoint in {init.checkpoint}",
+            may_differ=("last_stride",),
+          )
+        checkpoint_lib.load_params_for_finetuning(
+          model, init.checkpoint, skip=("head", "classifier")
+        )
+    return model, nnx.Optimizer(
+      model, optim.make_optimizer(config.optim, steps_per_epoch), wrt=nnx.Param
+    )
 
   replicated = NamedSharding(mesh, P())
   if abstract:
     graphdef, shapes = nnx.split(nnx.eval_shape(lambda: new_model_and_optimizer(False)))
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                         shapes)
+    state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
+    )
   else:
     graphdef, state = nnx.split(new_model_and_optimizer(init_weights))
     state = replicate(state, replicated)
-  return Setup(mesh=mesh, graphdef=graphdef, state=state,
-               normalization=init_normalization(config) if init_weights and not abstract else "",
-               replicated=replicated, batch_sharding=NamedSharding(mesh, P("data")),
-               num_classes=num_classes, steps_per_epoch=steps_per_epoch)
+  return Setup(
+    mesh=mesh,
+    graphdef=graphdef,
+    state=state,
+    normalization=init_normalization(config) if init_weights and not abstract else "",
+    replicated=replicated,
+    batch_sharding=NamedSharding(mesh, P("data")),
+    num_classes=num_classes,
+    steps_per_epoch=steps_per_epoch,
+  )
 
 
 def init_normalization(config) -> str:
@@ -182,17 +215,18 @@ def replicate(tree, sharding: NamedSharding):
 
   (`jax.device_put` only reaches this process's devices when there are several processes.)
   """
+
   def put(x):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
     value = np.asarray(x)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
   return jax.tree.map(put, tree)
 
 
 def abstract_like(state):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      state)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
 def global_batch(local: dict, sharding: NamedSharding) -> dict:
@@ -203,6 +237,7 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The update step and the feature function.
 # ---------------------------------------------------------------------------------------------
+
 
 def make_train_step(setup: Setup, config):
   graphdef, normalization = setup.graphdef, setup.normalization
@@ -218,10 +253,12 @@ def make_train_step(setup: Setup, config):
       out = model(clips)
       ce = losses.cross_entropy_label_smoothing(out["logits"], labels, loss_cfg.label_smoothing)
       triplet, aux = losses.batch_hard_triplet_loss(
-          out["features"], labels, loss_cfg.triplet_margin, metric=loss_cfg.triplet_metric)
+        out["features"], labels, loss_cfg.triplet_margin, metric=loss_cfg.triplet_metric
+      )
       accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == labels)
       return ce + loss_cfg.triplet_weight * triplet, dict(
-          softmax_loss=ce, triplet_loss=triplet, accuracy=accuracy, **aux)
+        softmax_loss=ce, triplet_loss=triplet, accuracy=accuracy, **aux
+      )
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -229,10 +266,11 @@ def make_train_step(setup: Setup, config):
     return nnx.state((model, optimizer)), metrics
 
   return jax.jit(
-      train_step,
-      in_shardings=(setup.replicated, setup.batch_sharding),
-      out_shardings=(setup.replicated, setup.replicated),
-      donate_argnums=(0,))
+    train_step,
+    in_shardings=(setup.replicated, setup.batch_sharding),
+    out_shardings=(setup.replicated, setup.replicated),
+    donate_argnums=(0,),
+  )
 
 
 def make_feature_fn(setup: Setup):
@@ -244,13 +282,17 @@ def make_feature_fn(setup: Setup):
     model.eval()
     return model(data_lib.normalize_clips(clips, normalization))["features"]
 
-  return jax.jit(features, in_shardings=(setup.replicated, setup.batch_sharding),
-                 out_shardings=setup.batch_sharding)
+  return jax.jit(
+    features,
+    in_shardings=(setup.replicated, setup.batch_sharding),
+    out_shardings=setup.batch_sharding,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
 # Logging: a line a person can follow, TensorBoard scalars and JSON lines (process 0 only).
 # ---------------------------------------------------------------------------------------------
+
 
 class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard, on process 0."""
@@ -260,6 +302,7 @@ class MetricWriter:
     if not self.enabled:
       return
     import tensorflow as tf  # already loaded by the input pipeline
+
     self._tf = tf
     self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
@@ -289,24 +332,34 @@ def _format_eta(seconds: float) -> str:
 # Evaluation: features of every eval tracklet, the protocol's numbers, the pictures.
 # ---------------------------------------------------------------------------------------------
 
+
 def extract_eval_features(setup: Setup, config, data_dir: str, feature_fn=None):
   """Per-tracklet features `[N, D]` of the evaluation set (the same on every process), and its
   TrackletTable."""
   feature_fn = feature_fn or make_feature_fn(setup)
   eval_iter, table = data_lib.make_eval_iterator(
-      data_dir, config.dataset.name, batch_size=config.data.eval_batch_size,
-      num_frames=config.data.num_frames, height=config.data.height, width=config.data.width,
-      split_index=config.dataset.split_index)
+    data_dir,
+    config.dataset.name,
+    batch_size=config.data.eval_batch_size,
+    num_frames=config.data.num_frames,
+    height=config.data.height,
+    width=config.data.width,
+    split_index=config.dataset.split_index,
+  )
   state = setup.state
   features = evaluation.extract_features(
-      lambda clips: feature_fn(state, jax.make_array_from_process_local_data(
-          setup.batch_sharding, clips)),
-      eval_iter, len(table.pids))
+    lambda clips: feature_fn(
+      state, jax.make_array_from_process_local_data(setup.batch_sharding, clips)
+    ),
+    eval_iter,
+    len(table.pids),
+  )
   return features, table
 
 
-def evaluate_state(setup: Setup, config, data_dir: str, workdir: str | None, *, step: int,
-                   feature_fn=None) -> dict:
+def evaluate_state(
+  setup: Setup, config, data_dir: str, workdir: str | None, *, step: int, feature_fn=None
+) -> dict:
   """Extracts features, scores the configured protocol and (with `workdir`) writes the report."""
   start = time.time()
   features, table = extract_eval_features(setup, config, data_dir, feature_fn)
@@ -314,23 +367,38 @@ def evaluate_state(setup: Setup, config, data_dir: str, workdir: str | None, *, 
   name = config_lib.protocol(config)
   # A model trained on one person split is scored on that split only: the test people of the
   # other splits were its training people. `score_split_features` averages 10 models' splits.
-  splits = ([config.dataset.split_index] if name in evaluation.protocols.SPLIT_PROTOCOLS
-            else None)
-  results = evaluation.run_protocol(name, features, table, metric=config.eval.metric,
-                                    rerank=config.eval.rerank, max_rank=config.eval.max_rank,
-                                    splits=splits)
+  splits = [config.dataset.split_index] if name in evaluation.protocols.SPLIT_PROTOCOLS else None
+  results = evaluation.run_protocol(
+    name,
+    features,
+    table,
+    metric=config.eval.metric,
+    rerank=config.eval.rerank,
+    max_rank=config.eval.max_rank,
+    splits=splits,
+  )
   results["step"] = step
-  log.info("Step %d, protocol %s: rank-1 %.2f%%  rank-5 %.2f%%  rank-10 %.2f%%  "
-               "rank-20 %.2f%%  mAP %.2f%%  mINP %.2f%%  (features in %.1fs)", step,
-               results["protocol"], *(100 * results[k] for k in
-                                      ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")),
-               extract_seconds)
+  log.info(
+    "Step %d, protocol %s: rank-1 %.2f%%  rank-5 %.2f%%  rank-10 %.2f%%  "
+    "rank-20 %.2f%%  mAP %.2f%%  mINP %.2f%%  (features in %.1fs)",
+    step,
+    results["protocol"],
+    *(100 * results[k] for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")),
+    extract_seconds,
+  )
   if workdir is not None and jax.process_index() == 0:
     frames_fn = _frames_fn(data_dir, config)
     evaluation.write_report(
-        workdir, results, features=features, table=table, config=config,
-        frames_fn=frames_fn, attention_fn=_attention_fn(setup, config, frames_fn),
-        num_queries=config.eval.num_ranked_queries, top_k=config.eval.top_k)
+      workdir,
+      results,
+      features=features,
+      table=table,
+      config=config,
+      frames_fn=frames_fn,
+      attention_fn=_attention_fn(setup, config, frames_fn),
+      num_queries=config.eval.num_ranked_queries,
+      top_k=config.eval.top_k,
+    )
   return results, features, table
 
 
@@ -340,6 +408,7 @@ def _frames_fn(data_dir: str, config, max_frames: int = 32):
   from PIL import Image
 
   from reid_jax.data import tracklets
+
   index = tracklets.load_index(data_dir, config.dataset.name, "eval")
   reader = tracklets.FrameReader(data_dir, config.dataset.name, index)
   size = (config.data.width, config.data.height)
@@ -347,8 +416,12 @@ def _frames_fn(data_dir: str, config, max_frames: int = 32):
   def frames(row: int) -> np.ndarray:
     start, end = index["frame_start"][row], index["frame_start"][row + 1]
     jpegs = reader(np.arange(start, min(end, start + max_frames)))
-    return np.stack([np.asarray(Image.open(io.BytesIO(bytes(j))).convert("RGB").resize(
-        size, Image.BILINEAR)) for j in jpegs])
+    return np.stack(
+      [
+        np.asarray(Image.open(io.BytesIO(bytes(j))).convert("RGB").resize(size, Image.BILINEAR))
+        for j in jpegs
+      ]
+    )
 
   return frames
 
@@ -366,8 +439,7 @@ def _attention_fn(setup: Setup, config, frames_fn):
   def forward(state, clip):
     model, _ = nnx.merge(graphdef, state)
     model.eval()
-    return model(data_lib.normalize_clips(clip, normalization),
-                 return_attention=True)["attention"]
+    return model(data_lib.normalize_clips(clip, normalization), return_attention=True)["attention"]
 
   def attention(tracklet: int):
     frames = frames_fn(tracklet)
@@ -377,9 +449,14 @@ def _attention_fn(setup: Setup, config, frames_fn):
     local_state = jax.tree.map(lambda x: x.addressable_data(0), setup.state)
     attentions = forward(local_state, clip[None])
     # Under jit the grids came back as arrays; the picture wants them as Python ints.
-    return clip, [{"weights": np.asarray(a["weights"]),
-                   "query_grid": tuple(int(v) for v in a["query_grid"]),
-                   "key_grid": tuple(int(v) for v in a["key_grid"])} for a in attentions]
+    return clip, [
+      {
+        "weights": np.asarray(a["weights"]),
+        "query_grid": tuple(int(v) for v in a["query_grid"]),
+        "key_grid": tuple(int(v) for v in a["key_grid"]),
+      }
+      for a in attentions
+    ]
 
   return attention
 
@@ -388,14 +465,19 @@ def _attention_fn(setup: Setup, config, frames_fn):
 # The modes.
 # ---------------------------------------------------------------------------------------------
 
+
 def _setup_for(config, workdir, *, init_weights: bool):
   data_dir = prepare_dataset(config, workdir)
-  info = data_lib.train_info(data_dir, config.dataset.name,
-                             split_index=config.dataset.split_index)
+  info = data_lib.train_info(data_dir, config.dataset.name, split_index=config.dataset.split_index)
   steps = data_lib.steps_per_epoch(info["num_identities"], config.data.P)
   mesh = make_mesh()
-  setup = build_state(config, num_classes=info["num_classes"], steps_per_epoch=steps, mesh=mesh,
-                      init_weights=init_weights)
+  setup = build_state(
+    config,
+    num_classes=info["num_classes"],
+    steps_per_epoch=steps,
+    mesh=mesh,
+    init_weights=init_weights,
+  )
   return data_dir, setup
 
 
@@ -404,16 +486,23 @@ def _check_init_files(config) -> None:
   for field in config_lib.INIT_SOURCES:
     path = config.init[field]
     if path and not os.path.exists(path):
-      raise FileNotFoundError(f"config.init.{field}: {path} does not exist"
-                              f"{config_lib.INIT_DOWNLOADS.get(field, '')}")
+      raise FileNotFoundError(
+        f"config.init.{field}: {path} does not exist{config_lib.INIT_DOWNLOADS.get(field, '')}"
+      )
 
 
 def _meta(setup: Setup, config, step: int, epoch: int) -> dict:
-  return {"model": config.model.name, "step": step, "epoch": epoch,
-          "normalization": setup.normalization,
-          "dataset": config.dataset.name, "seed": config.seed,
-          # The input pipeline is a pure function of (seed, step): the step is its position.
-          "input_position": step, "config": config.to_json()}
+  return {
+    "model": config.model.name,
+    "step": step,
+    "epoch": epoch,
+    "normalization": setup.normalization,
+    "dataset": config.dataset.name,
+    "seed": config.seed,
+    # The input pipeline is a pure function of (seed, step): the step is its position.
+    "input_position": step,
+    "config": config.to_json(),
+  }
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -427,19 +516,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_dir, setup = _setup_for(config, workdir, init_weights=not resuming)
   model_params = num_params(nnx.merge(setup.graphdef, setup.state)[0])
   total_steps = setup.steps_per_epoch * config.optim.total_epochs
-  log.info("Model %s: %s parameters, %d classes; %d devices over %d processes; "
-               "%d steps (%d epochs x %d)", config.model.name, f"{model_params:,}",
-               setup.num_classes, jax.device_count(), jax.process_count(), total_steps,
-               config.optim.total_epochs, setup.steps_per_epoch)
+  log.info(
+    "Model %s: %s parameters, %d classes; %d devices over %d processes; %d steps (%d epochs x %d)",
+    config.model.name,
+    f"{model_params:,}",
+    setup.num_classes,
+    jax.device_count(),
+    jax.process_count(),
+    total_steps,
+    config.optim.total_epochs,
+    setup.steps_per_epoch,
+  )
 
   # --- Checkpoints: resume where a killed run stopped. -----------------------------------------
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                     save_every_steps=config.train.checkpoint_every_steps,
-                                     keep_last=config.train.keep_checkpoints)
+  ckpt = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    save_every_steps=config.train.checkpoint_every_steps,
+    keep_last=config.train.keep_checkpoints,
+  )
   start_step = 0
   if resuming:
-    setup.state, meta = ckpt.restore(abstract_state=abstract_like(setup.state),
-                                     model_name=config.model.name)
+    setup.state, meta = ckpt.restore(
+      abstract_state=abstract_like(setup.state), model_name=config.model.name
+    )
     setup.normalization = _normalization_of(config, meta, ckpt.directory)
     start_step = int(meta["step"])
     log.info("Resumed from %s at step %d", ckpt.directory, start_step)
@@ -451,10 +550,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule = optim.schedule_from_config(config.optim, setup.steps_per_epoch)
   writer = MetricWriter(workdir)
   train_iter = data_lib.make_train_iterator(
-      data_dir, config.dataset.name, P=config.data.P, K=config.data.K,
-      num_frames=config.data.num_frames, stride=config.data.stride, height=config.data.height,
-      width=config.data.width, seed=config.seed, start_step=start_step,
-      split_index=config.dataset.split_index)
+    data_dir,
+    config.dataset.name,
+    P=config.data.P,
+    K=config.data.K,
+    num_frames=config.data.num_frames,
+    stride=config.data.stride,
+    height=config.data.height,
+    width=config.data.width,
+    seed=config.seed,
+    start_step=start_step,
+    split_index=config.dataset.split_index,
+  )
 
   # --- The loop. Metrics stay on device until a log step, so dispatch runs ahead of compute. -----
   pending: list[tuple[int, dict]] = []
@@ -470,26 +577,37 @@ def train_and_evaluate(config, workdir: str) -> dict:
       window_steps += 1
       pending.append((step, metrics))
       epoch_done = step % setup.steps_per_epoch == 0
-      due_eval = (epoch_done and config.train.eval_every_epochs and
-                  (step // setup.steps_per_epoch) % config.train.eval_every_epochs == 0
-                  and step < total_steps)
+      due_eval = (
+        epoch_done
+        and config.train.eval_every_epochs
+        and (step // setup.steps_per_epoch) % config.train.eval_every_epochs == 0
+        and step < total_steps
+      )
       due_save = step % config.train.checkpoint_every_steps == 0
       if step % config.train.log_every_steps == 0 or step == total_steps or due_save or due_eval:
         logged = _flush_metrics(pending, writer, schedule)
         pending = []
         now = time.time()
         if first_step_done is None:
-          log.info("step %d/%d  loss %.4f  (compiling the step and the first %d steps: %.0fs)",
-                   step, total_steps, logged["loss"], window_steps, now - window_start)
+          log.info(
+            "step %d/%d  loss %.4f  (compiling the step and the first %d steps: %.0fs)",
+            step,
+            total_steps,
+            logged["loss"],
+            window_steps,
+            now - window_start,
+          )
           first_step_done = now  # throughput from here on excludes compilation
           window_start, window_steps = now, 0
         elif window_steps:
           rate = window_steps / (now - window_start)
-          _log_progress(step, total_steps, setup.steps_per_epoch, logged, rate,
-                        config.data.batch_size, writer)
+          _log_progress(
+            step, total_steps, setup.steps_per_epoch, logged, rate, config.data.batch_size, writer
+          )
           window_start, window_steps = now, 0
-      ckpt.maybe_save(step, state=setup.state,
-                      meta=_meta(setup, config, step, step // setup.steps_per_epoch))
+      ckpt.maybe_save(
+        step, state=setup.state, meta=_meta(setup, config, step, step // setup.steps_per_epoch)
+      )
       if ckpt.preemption_requested():
         log.warning("Stopping at step %d after a preemption checkpoint.", step)
         return {"preempted_at_step": step}
@@ -497,8 +615,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         results = _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer)
     _flush_metrics(pending, writer, schedule)
     pending = []
-    ckpt.maybe_save(step, state=setup.state,
-                    meta=_meta(setup, config, step, step // setup.steps_per_epoch), force=True)
+    ckpt.maybe_save(
+      step,
+      state=setup.state,
+      meta=_meta(setup, config, step, step // setup.steps_per_epoch),
+      force=True,
+    )
     results = _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer)
     return results
   finally:
@@ -507,10 +629,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer) -> dict:
-  results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step,
-                                 feature_fn=feature_fn)
-  writer.write(step, {f"eval/{k}": results[k]
-                      for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")})
+  results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step, feature_fn=feature_fn)
+  writer.write(
+    step, {f"eval/{k}": results[k] for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}
+  )
   return results
 
 
@@ -522,9 +644,10 @@ def _flush_metrics(pending, writer: MetricWriter, schedule) -> dict:
   for (step, _), metrics in zip(pending, fetched):
     if not np.isfinite(metrics["loss"]):
       raise FloatingPointError(
-          f"Non-finite loss {float(metrics['loss'])} at step {step} (softmax "
-          f"{float(metrics['softmax_loss'])}, triplet {float(metrics['triplet_loss'])}): "
-          f"lower config.optim.base_lr or enable config.optim.grad_clip_norm")
+        f"Non-finite loss {float(metrics['loss'])} at step {step} (softmax "
+        f"{float(metrics['softmax_loss'])}, triplet {float(metrics['triplet_loss'])}): "
+        f"lower config.optim.base_lr or enable config.optim.grad_clip_norm"
+      )
   last_step, last = pending[-1][0], fetched[-1]
   mean = {k: float(np.mean([m[k] for m in fetched])) for k in last}
   mean["lr"] = float(schedule(last_step - 1))
@@ -536,10 +659,19 @@ def _log_progress(step, total, steps_per_epoch, m, steps_per_second, batch_size,
   clips_per_second = steps_per_second * batch_size
   eta = (total - step) / steps_per_second
   log.info(
-      "epoch %d  step %d/%d  loss %.4f (softmax %.4f, triplet %.4f)  acc %.3f  lr %.2e  "
-      "%.1f clips/s  ETA %s", (step - 1) // steps_per_epoch + 1, step, total, m["loss"],
-      m["softmax_loss"], m["triplet_loss"], m["accuracy"], m["lr"], clips_per_second,
-      _format_eta(eta))
+    "epoch %d  step %d/%d  loss %.4f (softmax %.4f, triplet %.4f)  acc %.3f  lr %.2e  "
+    "%.1f clips/s  ETA %s",
+    (step - 1) // steps_per_epoch + 1,
+    step,
+    total,
+    m["loss"],
+    m["softmax_loss"],
+    m["triplet_loss"],
+    m["accuracy"],
+    m["lr"],
+    clips_per_second,
+    _format_eta(eta),
+  )
   writer.write(step, {"train/clips_per_second": clips_per_second})
 
 
@@ -553,12 +685,14 @@ def _normalization_of(config, meta: dict, directory) -> str:
 
 def _restore_for_eval(config, workdir):
   data_dir, setup = _setup_for(config, workdir, init_weights=False)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=1,
-                                     handle_sigterm=False)
+  ckpt = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), save_every_steps=1, handle_sigterm=False
+  )
   try:
     step = None if config.eval.step < 0 else config.eval.step
-    setup.state, meta = ckpt.restore(step, abstract_state=abstract_like(setup.state),
-                                     model_name=config.model.name)
+    setup.state, meta = ckpt.restore(
+      step, abstract_state=abstract_like(setup.state), model_name=config.model.name
+    )
     setup.normalization = _normalization_of(config, meta, ckpt.directory)
   finally:
     ckpt.close()
@@ -609,12 +743,24 @@ def score_split_features(config, workdir: str) -> dict:
         table = data_lib.TrackletTable(**{k: saved[k] for k in saved.files if k != "features"})
       elif not np.array_equal(saved["pids"], table.pids):
         raise ValueError(f"{path} holds another evaluation set than {paths[0]}")
-  results = evaluation.run_protocol(name, features, table, metric=config.eval.metric,
-                                    rerank=config.eval.rerank, max_rank=config.eval.max_rank,
-                                    splits=range(len(paths)))
-  log.info("%s over %d splits: rank-1 %.2f%% (std %.2f)  mAP %.2f%% (std %.2f)", name,
-           len(paths), 100 * results["rank1"], 100 * results["rank1_std"],
-           100 * results["mAP"], 100 * results["mAP_std"])
+  results = evaluation.run_protocol(
+    name,
+    features,
+    table,
+    metric=config.eval.metric,
+    rerank=config.eval.rerank,
+    max_rank=config.eval.max_rank,
+    splits=range(len(paths)),
+  )
+  log.info(
+    "%s over %d splits: rank-1 %.2f%% (std %.2f)  mAP %.2f%% (std %.2f)",
+    name,
+    len(paths),
+    100 * results["rank1"],
+    100 * results["rank1_std"],
+    100 * results["mAP"],
+    100 * results["mAP_std"],
+  )
   if jax.process_index() == 0:
     evaluation.write_report(workdir, results)
   return results

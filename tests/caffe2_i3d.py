@@ -119,8 +119,15 @@ def forward(blobs, clips, depths=(3, 4, 6, 3)):
   w = {k: torch.from_numpy(np.asarray(v)) for k, v in blobs.items() if isinstance(v, np.ndarray)}
 
   def spatial_bn(x, name):
-    return F.batch_norm(x, w[f"{name}_rm"], w[f"{name}_riv"], w[f"{name}_s"], w[f"{name}_b"],
-                        training=False, eps=BN_EPSILON)
+    return F.batch_norm(
+      x,
+      w[f"{name}_rm"],
+      w[f"{name}_riv"],
+      w[f"{name}_s"],
+      w[f"{name}_b"],
+      training=False,
+      eps=BN_EPSILON,
+    )
 
   def conv_bn(x, name, stride, pads):
     return spatial_bn(F.conv3d(x, w[f"{name}_w"], stride=stride, padding=pads), f"{name}_bn")
@@ -133,9 +140,9 @@ def forward(blobs, clips, depths=(3, 4, 6, 3)):
     phi = F.conv3d(pooled, w[f"{name}_phi_w"], w[f"{name}_phi_b"])
     g = F.conv3d(pooled, w[f"{name}_g_w"], w[f"{name}_g_b"])
     theta, phi, g = (v.reshape(n, inner, -1) for v in (theta, phi, g))
-    affinity = torch.bmm(theta.transpose(1, 2), phi) * inner ** -0.5  # trans_a=1
+    affinity = torch.bmm(theta.transpose(1, 2), phi) * inner**-0.5  # trans_a=1
     p = torch.softmax(affinity, dim=2)
-    y = torch.bmm(g, p.transpose(1, 2)).reshape(n, inner, t, h, wd)   # trans_b=1
+    y = torch.bmm(g, p.transpose(1, 2)).reshape(n, inner, t, h, wd)  # trans_b=1
     out = F.conv3d(y, w[f"{name}_out_w"], w[f"{name}_out_b"])
     return x + spatial_bn(out, f"{name}_bn")
 
@@ -151,8 +158,11 @@ def forward(blobs, clips, depths=(3, 4, 6, 3)):
         out = conv_bn(x, f"{prefix}_branch2a", 1, (temp, 0, 0)).relu()
         out = conv_bn(out, f"{prefix}_branch2b", (1, stride, stride), (0, 1, 1)).relu()
         out = conv_bn(out, f"{prefix}_branch2c", 1, 0)
-        shortcut = (conv_bn(x, f"{prefix}_branch1", (1, stride, stride), 0)
-                    if f"{prefix}_branch1_w" in w else x)
+        shortcut = (
+          conv_bn(x, f"{prefix}_branch1", (1, stride, stride), 0)
+          if f"{prefix}_branch1_w" in w
+          else x
+        )
         x = (out + shortcut).relu()
         if f"nonlocal_conv{stage}_{i}_theta_w" in w:
           x = nonlocal_block(x, f"nonlocal_conv{stage}_{i}")

@@ -3,8 +3,9 @@
 import os
 
 # Must be set before JAX initialises its backends (i.e. before the first test imports it).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -22,6 +23,7 @@ def data_dir(tmp_path_factory):
   from reid_jax import train
 
   from tiny_training import tiny_config
+
   root = tmp_path_factory.mktemp("tiny_mars")
   train.prepare_dataset(tiny_config(root / "data"), str(root))
   return root / "data"

@@ -15,204 +15,202 @@ from reid_jax.checkpoint import Checkpointer
 
 
 class _TinyNet(nnx.Module):
-    def __init__(self, width, *, rngs):
-        self.linear = nnx.Linear(3, width, rngs=rngs)
-        self.norm = nnx.BatchNorm(width, rngs=rngs)
-        self.dropout = nnx.Dropout(0.5, rngs=rngs)
+  def __init__(self, width, *, rngs):
+    self.linear = nnx.Linear(3, width, rngs=rngs)
+    self.norm = nnx.BatchNorm(width, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5, rngs=rngs)
 
-    def __call__(self, x):
-        return self.dropout(self.norm(self.linear(x)))
+  def __call__(self, x):
+    return self.dropout(self.norm(self.linear(x)))
 
 
 def _train_state(seed, width=4, steps=1):
-    """State after `steps` updates, so batch stats, moments and RNG counts are non-trivial."""
-    model = _TinyNet(width, rngs=nnx.Rngs(seed, dropout=seed + 1))
-    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-    x = jax.random.normal(jax.random.key(seed), (8, 3))
-    for _ in range(steps):
-        _train_step(model, optimizer, x)
-    return nnx.state((model, optimizer))
+  """State after `steps` updates, so batch stats, moments and RNG counts are non-trivial."""
+  model = _TinyNet(width, rngs=nnx.Rngs(seed, dropout=seed + 1))
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+  x = jax.random.normal(jax.random.key(seed), (8, 3))
+  for _ in range(steps):
+    _train_step(model, optimizer, x)
+  return nnx.state((model, optimizer))
 
 
 @nnx.jit
 def _train_step(model, optimizer, x):
-    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
-    optimizer.update(model, grads)
+  grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+  optimizer.update(model, grads)
 
 
 @nnx.jit
 def _forward(model, x):
-    return model(x)
+  return model(x)
 
 
 def _abstract(state):
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
-    )
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
 def _leaves(state):
-    def as_numpy(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        return np.asarray(x)
+  def as_numpy(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    return np.asarray(x)
 
-    return [as_numpy(x) for x in jax.tree.leaves(state)]
+  return [as_numpy(x) for x in jax.tree.leaves(state)]
 
 
 def _assert_states_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(_leaves(a), _leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(_leaves(a), _leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
 
 
 @pytest.fixture
 def sigterm_safety_net():
-    """A harmless SIGTERM handler for the test's duration, so a stray signal cannot kill pytest."""
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    safety = signal.getsignal(signal.SIGTERM)
-    yield safety
-    signal.signal(signal.SIGTERM, previous)
+  """A harmless SIGTERM handler for the test's duration, so a stray signal cannot kill pytest."""
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+  safety = signal.getsignal(signal.SIGTERM)
+  yield safety
+  signal.signal(signal.SIGTERM, previous)
 
 
 def test_round_trip_restores_state_and_meta(tmp_path):
-    state = _train_state(seed=0, steps=2)
-    meta = {'step': 2, 'epoch': 0, 'model': 'tiny', 'fingerprint': 'abc'}
-    ckpt = Checkpointer(tmp_path, save_every_steps=2, handle_sigterm=False)
-    assert ckpt.latest_step() is None
-    assert not ckpt.maybe_save(1, state=state, meta=meta)
-    assert ckpt.maybe_save(2, state=state, meta=meta)
-    ckpt.close()
+  state = _train_state(seed=0, steps=2)
+  meta = {"step": 2, "epoch": 0, "model": "tiny", "fingerprint": "abc"}
+  ckpt = Checkpointer(tmp_path, save_every_steps=2, handle_sigterm=False)
+  assert ckpt.latest_step() is None
+  assert not ckpt.maybe_save(1, state=state, meta=meta)
+  assert ckpt.maybe_save(2, state=state, meta=meta)
+  ckpt.close()
 
-    reopened = Checkpointer(tmp_path, save_every_steps=2, handle_sigterm=False)
-    assert reopened.latest_step() == 2
-    fresh = _train_state(seed=7, steps=0)
-    restored, restored_meta = reopened.restore(abstract_state=_abstract(fresh), model_name='tiny')
-    reopened.close()
-    assert restored_meta == meta
-    _assert_states_equal(restored, state)
+  reopened = Checkpointer(tmp_path, save_every_steps=2, handle_sigterm=False)
+  assert reopened.latest_step() == 2
+  fresh = _train_state(seed=7, steps=0)
+  restored, restored_meta = reopened.restore(abstract_state=_abstract(fresh), model_name="tiny")
+  reopened.close()
+  assert restored_meta == meta
+  _assert_states_equal(restored, state)
 
-    # The restored state drives a model exactly like the saved one.
-    model = _TinyNet(4, rngs=nnx.Rngs(7, dropout=8))
-    nnx.update(model, restored[0])
-    reference = _TinyNet(4, rngs=nnx.Rngs(0, dropout=1))
-    nnx.update(reference, state[0])
-    x = jnp.ones((5, 3))
-    # Dropout is active: equal outputs also need the same RNG state.
-    np.testing.assert_array_equal(_forward(model, x), _forward(reference, x))
+  # The restored state drives a model exactly like the saved one.
+  model = _TinyNet(4, rngs=nnx.Rngs(7, dropout=8))
+  nnx.update(model, restored[0])
+  reference = _TinyNet(4, rngs=nnx.Rngs(0, dropout=1))
+  nnx.update(reference, state[0])
+  x = jnp.ones((5, 3))
+  # Dropout is active: equal outputs also need the same RNG state.
+  np.testing.assert_array_equal(_forward(model, x), _forward(reference, x))
 
 
 def test_keep_last_and_restore_of_a_specific_step(tmp_path):
-    ckpt = Checkpointer(
-        tmp_path, save_every_steps=1, keep_last=2, async_save=False, handle_sigterm=False
-    )
-    states = {step: {'w': jnp.full((2, 3), float(step))} for step in range(1, 5)}
-    for step, state in states.items():
-        assert ckpt.maybe_save(step, state=state, meta={'step': step})
-    assert ckpt.all_steps() == [3, 4]
-    abstract = _abstract(states[1])
-    restored, meta = ckpt.restore(3, abstract_state=abstract)
-    assert meta == {'step': 3}
-    np.testing.assert_array_equal(restored['w'], states[3]['w'])
-    with pytest.raises(FileNotFoundError, match=r'step 1 .*\[3, 4\]'):
-        ckpt.restore(1, abstract_state=abstract)
-    ckpt.close()
+  ckpt = Checkpointer(
+    tmp_path, save_every_steps=1, keep_last=2, async_save=False, handle_sigterm=False
+  )
+  states = {step: {"w": jnp.full((2, 3), float(step))} for step in range(1, 5)}
+  for step, state in states.items():
+    assert ckpt.maybe_save(step, state=state, meta={"step": step})
+  assert ckpt.all_steps() == [3, 4]
+  abstract = _abstract(states[1])
+  restored, meta = ckpt.restore(3, abstract_state=abstract)
+  assert meta == {"step": 3}
+  np.testing.assert_array_equal(restored["w"], states[3]["w"])
+  with pytest.raises(FileNotFoundError, match=r"step 1 .*\[3, 4\]"):
+    ckpt.restore(1, abstract_state=abstract)
+  ckpt.close()
 
 
 def test_force_saves_off_interval_once(tmp_path):
-    ckpt = Checkpointer(tmp_path, save_every_steps=10, handle_sigterm=False)
-    state = {'w': jnp.zeros(3)}
-    assert not ckpt.maybe_save(7, state=state, meta={})
-    assert ckpt.maybe_save(7, state=state, meta={}, force=True)
-    assert not ckpt.maybe_save(7, state=state, meta={}, force=True)
-    ckpt.close()
-    assert Checkpointer(tmp_path, save_every_steps=10, handle_sigterm=False).all_steps() == [7]
+  ckpt = Checkpointer(tmp_path, save_every_steps=10, handle_sigterm=False)
+  state = {"w": jnp.zeros(3)}
+  assert not ckpt.maybe_save(7, state=state, meta={})
+  assert ckpt.maybe_save(7, state=state, meta={}, force=True)
+  assert not ckpt.maybe_save(7, state=state, meta={}, force=True)
+  ckpt.close()
+  assert Checkpointer(tmp_path, save_every_steps=10, handle_sigterm=False).all_steps() == [7]
 
 
 def test_restore_without_checkpoint_is_an_error(tmp_path):
-    ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
-    with pytest.raises(FileNotFoundError, match='No checkpoint'):
-        ckpt.restore(abstract_state={'w': jax.ShapeDtypeStruct((2,), jnp.float32)})
-    ckpt.close()
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    ckpt.restore(abstract_state={"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+  ckpt.close()
 
 
 def test_restore_into_another_shape_names_key_and_shapes(tmp_path):
-    ckpt = Checkpointer(tmp_path, save_every_steps=1, async_save=False, handle_sigterm=False)
-    ckpt.maybe_save(1, state=_train_state(seed=0, width=4, steps=0), meta={'model': 'tiny4'})
-    wider = _abstract(_train_state(seed=0, width=5, steps=0))
-    with pytest.raises(ValueError) as error:
-        ckpt.restore(abstract_state=wider)
-    message = str(error.value)
-    # The first leaf in tree order whose shape changed: nnx sorts keys, so linear/bias.
-    assert "'0/linear/bias/value'" in message
-    assert 'saved shape (4,), current shape (5,)' in message
-    assert "saved model 'tiny4'" in message
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, async_save=False, handle_sigterm=False)
+  ckpt.maybe_save(1, state=_train_state(seed=0, width=4, steps=0), meta={"model": "tiny4"})
+  wider = _abstract(_train_state(seed=0, width=5, steps=0))
+  with pytest.raises(ValueError) as error:
+    ckpt.restore(abstract_state=wider)
+  message = str(error.value)
+  # The first leaf in tree order whose shape changed: nnx sorts keys, so linear/bias.
+  assert "'0/linear/bias/value'" in message
+  assert "saved shape (4,), current shape (5,)" in message
+  assert "saved model 'tiny4'" in message
 
-    with pytest.raises(ValueError, match="holds model 'tiny4', but the current model is 'tiny5'"):
-        ckpt.restore(abstract_state=wider, model_name='tiny5')
-    ckpt.close()
+  with pytest.raises(ValueError, match="holds model 'tiny4', but the current model is 'tiny5'"):
+    ckpt.restore(abstract_state=wider, model_name="tiny5")
+  ckpt.close()
 
 
 def test_restore_into_another_structure_names_missing_key(tmp_path):
-    ckpt = Checkpointer(tmp_path, save_every_steps=1, async_save=False, handle_sigterm=False)
-    ckpt.maybe_save(1, state={'a': jnp.zeros(2)}, meta={})
-    target = {
-        'a': jax.ShapeDtypeStruct((2,), jnp.float32),
-        'b': jax.ShapeDtypeStruct((3,), jnp.float32),
-    }
-    with pytest.raises(ValueError, match=r"'b': saved shape absent, current shape \(3,\)"):
-        ckpt.restore(abstract_state=target)
-    ckpt.close()
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, async_save=False, handle_sigterm=False)
+  ckpt.maybe_save(1, state={"a": jnp.zeros(2)}, meta={})
+  target = {
+    "a": jax.ShapeDtypeStruct((2,), jnp.float32),
+    "b": jax.ShapeDtypeStruct((3,), jnp.float32),
+  }
+  with pytest.raises(ValueError, match=r"'b': saved shape absent, current shape \(3,\)"):
+    ckpt.restore(abstract_state=target)
+  ckpt.close()
 
 
 def test_restore_follows_target_sharding(tmp_path):
-    devices = jax.devices()
-    mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
-    row_sharded = jax.NamedSharding(mesh, jax.P('data'))
-    replicated = jax.NamedSharding(mesh, jax.P())
-    state = {'rows': jnp.arange(4.0 * len(devices) * 2).reshape(-1, 2), 'scalar': jnp.ones(())}
-    ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
-    ckpt.maybe_save(1, state=jax.device_put(state, replicated), meta={})
-    ckpt.wait_until_finished()
-    target = {
-        'rows': jax.ShapeDtypeStruct(state['rows'].shape, jnp.float32, sharding=row_sharded),
-        'scalar': jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
-    }
-    restored, _ = ckpt.restore(abstract_state=target)
-    ckpt.close()
-    assert restored['rows'].sharding == row_sharded
-    np.testing.assert_array_equal(restored['rows'], state['rows'])
+  devices = jax.devices()
+  mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  row_sharded = jax.NamedSharding(mesh, jax.P("data"))
+  replicated = jax.NamedSharding(mesh, jax.P())
+  state = {"rows": jnp.arange(4.0 * len(devices) * 2).reshape(-1, 2), "scalar": jnp.ones(())}
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  ckpt.maybe_save(1, state=jax.device_put(state, replicated), meta={})
+  ckpt.wait_until_finished()
+  target = {
+    "rows": jax.ShapeDtypeStruct(state["rows"].shape, jnp.float32, sharding=row_sharded),
+    "scalar": jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
+  }
+  restored, _ = ckpt.restore(abstract_state=target)
+  ckpt.close()
+  assert restored["rows"].sharding == row_sharded
+  np.testing.assert_array_equal(restored["rows"], state["rows"])
 
 
 def test_sigterm_saves_off_interval_and_requests_stop(tmp_path, sigterm_safety_net):
-    ckpt = Checkpointer(tmp_path, save_every_steps=100)
-    state = {'w': jnp.ones(2)}
-    assert not ckpt.maybe_save(3, state=state, meta={})
-    assert not ckpt.preemption_requested()
+  ckpt = Checkpointer(tmp_path, save_every_steps=100)
+  state = {"w": jnp.ones(2)}
+  assert not ckpt.maybe_save(3, state=state, meta={})
+  assert not ckpt.preemption_requested()
 
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.05)  # the Python-level handler runs on the main thread at the next check
-    assert ckpt.maybe_save(4, state=state, meta={'step': 4})
-    assert ckpt.preemption_requested()
-    ckpt.close()
-    assert signal.getsignal(signal.SIGTERM) is sigterm_safety_net
-    assert Checkpointer(tmp_path, save_every_steps=100, handle_sigterm=False).all_steps() == [4]
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(0.05)  # the Python-level handler runs on the main thread at the next check
+  assert ckpt.maybe_save(4, state=state, meta={"step": 4})
+  assert ckpt.preemption_requested()
+  ckpt.close()
+  assert signal.getsignal(signal.SIGTERM) is sigterm_safety_net
+  assert Checkpointer(tmp_path, save_every_steps=100, handle_sigterm=False).all_steps() == [4]
 
 
 def test_handle_sigterm_false_leaves_handler_alone(tmp_path, sigterm_safety_net):
-    ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
-    assert signal.getsignal(signal.SIGTERM) is sigterm_safety_net
-    ckpt.close()
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  assert signal.getsignal(signal.SIGTERM) is sigterm_safety_net
+  ckpt.close()
 
 
 def test_async_save_is_complete_after_close(tmp_path):
-    # Large enough that the background write is still running when maybe_save returns.
-    state = {'big': jnp.arange(2_000_000, dtype=jnp.float32)}
-    ckpt = Checkpointer(tmp_path, save_every_steps=1, async_save=True, handle_sigterm=False)
-    assert ckpt.maybe_save(1, state=state, meta={'step': 1})
-    ckpt.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['1']  # committed, no temporary dir
-    reopened = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
-    restored, _ = reopened.restore(abstract_state=_abstract(state))
-    reopened.close()
-    np.testing.assert_array_equal(restored['big'], state['big'])
+  # Large enough that the background write is still running when maybe_save returns.
+  state = {"big": jnp.arange(2_000_000, dtype=jnp.float32)}
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, async_save=True, handle_sigterm=False)
+  assert ckpt.maybe_save(1, state=state, meta={"step": 1})
+  ckpt.close()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]  # committed, no temporary dir
+  reopened = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  restored, _ = reopened.restore(abstract_state=_abstract(state))
+  reopened.close()
+  np.testing.assert_array_equal(restored["big"], state["big"])

@@ -23,19 +23,26 @@ def fake_eval_batches(batch_size, seed=0):
   extra invalid row carries a real tracklet id: neither may count.
   """
   rng = np.random.default_rng(seed)
-  chunks = [(t, rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8))
-            for t in range(NUM_TRACKLETS) for _ in range(1 + t % 4)]
-  rows = [(t, clip, True) for t, clip in chunks] + [(3, np.full((T, H, W, 3), 255, np.uint8),
-                                                     False)]
+  chunks = [
+    (t, rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8))
+    for t in range(NUM_TRACKLETS)
+    for _ in range(1 + t % 4)
+  ]
+  rows = [(t, clip, True) for t, clip in chunks] + [
+    (3, np.full((T, H, W, 3), 255, np.uint8), False)
+  ]
   rows += [(-1, np.full((T, H, W, 3), 255, np.uint8), False)] * (-len(rows) % batch_size)
   batches = []
   for start in range(0, len(rows), batch_size):
-    part = rows[start:start + batch_size]
-    batches.append(dict(
+    part = rows[start : start + batch_size]
+    batches.append(
+      dict(
         clips=np.stack([c for _, c, _ in part]),
         frame_mask=np.ones((len(part), T), bool),
         tracklet=np.array([t for t, _, _ in part], np.int32),
-        valid=np.array([v for _, _, v in part])))
+        valid=np.array([v for _, _, v in part]),
+      )
+    )
   expected = np.zeros((NUM_TRACKLETS, D))
   projection = linear_weights()
   for t in range(NUM_TRACKLETS):
@@ -59,12 +66,13 @@ def test_averages_valid_chunks_per_tracklet():
 
 
 def test_sharded_feature_fn_over_all_devices():
-  mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  batch_sharding = NamedSharding(mesh, P('data'))
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  batch_sharding = NamedSharding(mesh, P("data"))
   weights = linear_weights()
-  project = jax.jit(lambda clips: clips.astype(np.float32).reshape(clips.shape[0], -1) @ weights,
-                    out_shardings=batch_sharding)
+  project = jax.jit(
+    lambda clips: clips.astype(np.float32).reshape(clips.shape[0], -1) @ weights,
+    out_shardings=batch_sharding,
+  )
   feature_fn = lambda clips: project(jax.make_array_from_process_local_data(batch_sharding, clips))
   batches, expected = fake_eval_batches(batch_size=2 * jax.device_count())
   got = extract_features(feature_fn, iter(batches), NUM_TRACKLETS)
@@ -73,11 +81,11 @@ def test_sharded_feature_fn_over_all_devices():
 
 def test_missing_tracklet_raises():
   batches, _ = fake_eval_batches(batch_size=3)
-  with pytest.raises(ValueError, match='received no chunk'):
+  with pytest.raises(ValueError, match="received no chunk"):
     extract_features(linear_features, iter(batches), NUM_TRACKLETS + 1)
 
 
-_WORKER = textwrap.dedent('''
+_WORKER = textwrap.dedent("""
     import sys
     import jax
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -101,19 +109,21 @@ _WORKER = textwrap.dedent('''
         lambda clips: project(jax.make_array_from_process_local_data(sharding, clips)),
         iter(local), NUM_TRACKLETS)
     np.save(sys.argv[3], got)
-''')
+""")
 
 
 def test_two_processes_end_with_the_same_features(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu')
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
   tests_dir = os.path.dirname(os.path.abspath(__file__))
-  env['PYTHONPATH'] = os.pathsep.join([os.path.dirname(tests_dir), env.get('PYTHONPATH', '')])
+  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests_dir), env.get("PYTHONPATH", "")])
   port = str(20000 + os.getpid() % 20000)
-  procs = [subprocess.Popen([sys.executable, '-c', _WORKER, port, str(i),
-                             str(tmp_path / f'{i}.npy'), tests_dir], env=env)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", _WORKER, port, str(i), str(tmp_path / f"{i}.npy"), tests_dir], env=env
+    )
+    for i in range(2)
+  ]
   assert [p.wait(timeout=120) for p in procs] == [0, 0]
   _, expected = fake_eval_batches(batch_size=8)
   for i in range(2):
-    np.testing.assert_allclose(np.load(tmp_path / f'{i}.npy'), expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(np.load(tmp_path / f"{i}.npy"), expected, rtol=1e-5, atol=1e-3)

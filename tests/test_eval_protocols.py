@@ -28,19 +28,19 @@ def mars_like_table():
 
 def test_mars_protocols_differ_only_in_the_gallery():
   table = mars_like_table()
-  q, g = protocol_sets('mars', table)
+  q, g = protocol_sets("mars", table)
   np.testing.assert_array_equal(q, [0, 2, 3, 4])
   np.testing.assert_array_equal(g, np.arange(9))
-  q2, g2 = protocol_sets('mars_no_query_in_gallery', table)
+  q2, g2 = protocol_sets("mars_no_query_in_gallery", table)
   np.testing.assert_array_equal(q2, q)
   np.testing.assert_array_equal(g2, [1, 5, 6, 7, 8])
   features = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
-  official = run_protocol('mars', features, table, max_rank=5)
-  common = run_protocol('mars_no_query_in_gallery', features, table, max_rank=5)
-  assert official['protocol'] == 'mars' and common['protocol'] == 'mars_no_query_in_gallery'
-  assert official['num_valid_queries'] == 3  # persons 1 and both of person 2
-  assert common['num_valid_queries'] == 1  # person 1 only
-  for key in ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP'):
+  official = run_protocol("mars", features, table, max_rank=5)
+  common = run_protocol("mars_no_query_in_gallery", features, table, max_rank=5)
+  assert official["protocol"] == "mars" and common["protocol"] == "mars_no_query_in_gallery"
+  assert official["num_valid_queries"] == 3  # persons 1 and both of person 2
+  assert common["num_valid_queries"] == 1  # person 1 only
+  for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
     assert 0 <= official[key] <= 1
 
 
@@ -50,11 +50,11 @@ def split_table(num_people=12, seed=0):
   camids = np.tile([1, 2], num_people)
   roles = np.zeros((num_people, 10), np.int8)
   for s in range(10):
-    roles[rng.permutation(num_people)[:num_people // 2], s] = 1
+    roles[rng.permutation(num_people)[: num_people // 2], s] = 1
   return Table(pids, camids, camids == 1, np.repeat(roles, 2, axis=0))
 
 
-@pytest.mark.parametrize('name', ['ilidsvid', 'prid2011'])
+@pytest.mark.parametrize("name", ["ilidsvid", "prid2011"])
 def test_split_protocols_average_over_splits(name):
   table = split_table()
   rng = np.random.default_rng(1)
@@ -64,20 +64,31 @@ def test_split_protocols_average_over_splits(name):
   for s in range(10):
     q, g = protocol_sets(name, table, s)
     assert (table.camids[q] == 1).all() and (table.camids[g] == 2).all()
-    assert set(table.pids[q]) == set(table.pids[g]) == set(table.pids[table.person_split_role[:, s] == 1])
-    direct = evaluate(features[s][q], features[s][g], table.pids[q], table.pids[g],
-                      table.camids[q], table.camids[g], max_rank=6)
-    rank1.append(direct['cmc'][0])
-    maps.append(direct['mAP'])
-  assert result['splits'] == list(range(10)) and len(result['per_split']) == 10
-  assert result['rank1'] == pytest.approx(np.mean(rank1), abs=1e-12)
-  assert result['rank1_std'] == pytest.approx(np.std(rank1), abs=1e-12)
-  assert result['mAP'] == pytest.approx(np.mean(maps), abs=1e-12)
-  assert result['num_queries'] == 6
+    assert (
+      set(table.pids[q])
+      == set(table.pids[g])
+      == set(table.pids[table.person_split_role[:, s] == 1])
+    )
+    direct = evaluate(
+      features[s][q],
+      features[s][g],
+      table.pids[q],
+      table.pids[g],
+      table.camids[q],
+      table.camids[g],
+      max_rank=6,
+    )
+    rank1.append(direct["cmc"][0])
+    maps.append(direct["mAP"])
+  assert result["splits"] == list(range(10)) and len(result["per_split"]) == 10
+  assert result["rank1"] == pytest.approx(np.mean(rank1), abs=1e-12)
+  assert result["rank1_std"] == pytest.approx(np.std(rank1), abs=1e-12)
+  assert result["mAP"] == pytest.approx(np.mean(maps), abs=1e-12)
+  assert result["num_queries"] == 6
   one_split = run_protocol(name, features[3], table, max_rank=6, splits=[3])
-  assert one_split['rank1'] == pytest.approx(rank1[3]) and one_split['rank1_std'] == 0
+  assert one_split["rank1"] == pytest.approx(rank1[3]) and one_split["rank1_std"] == 0
 
 
 def test_unknown_protocol_raises():
-  with pytest.raises(ValueError, match='unknown protocol'):
-    protocol_sets('market', mars_like_table())
+  with pytest.raises(ValueError, match="unknown protocol"):
+    protocol_sets("market", mars_like_table())

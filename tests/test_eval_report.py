@@ -28,7 +28,7 @@ def attention_fn(row):
 
 def png_size(path):
   with Image.open(path) as image:
-    assert image.format == 'PNG'
+    assert image.format == "PNG"
     image.verify()
   with Image.open(path) as image:
     return image.size
@@ -37,17 +37,25 @@ def png_size(path):
 def test_report_writes_metrics_and_pictures(tmp_path):
   table = mars_like_table()
   features = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
-  results = run_protocol('mars', features, table, max_rank=8)
-  written = write_report(str(tmp_path), results, features=features, table=table,
-                         frames_fn=frames_fn, attention_fn=attention_fn, num_queries=2, top_k=5)
-  metrics = json.loads((tmp_path / 'metrics.json').read_text())
-  assert metrics['protocol'] == 'mars'
-  for key in ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP'):
+  results = run_protocol("mars", features, table, max_rank=8)
+  written = write_report(
+    str(tmp_path),
+    results,
+    features=features,
+    table=table,
+    frames_fn=frames_fn,
+    attention_fn=attention_fn,
+    num_queries=2,
+    top_k=5,
+  )
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["protocol"] == "mars"
+  for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
     assert 0 <= metrics[key] <= 1 and metrics[key] == pytest.approx(results[key])
-  assert len(metrics['cmc']) == 8
-  assert png_size(written['cmc']) == (640, 480)
-  ranked = [k for k in written if k.startswith('ranked_q')]
-  attention = [k for k in written if k.startswith('attention_q')]
+  assert len(metrics["cmc"]) == 8
+  assert png_size(written["cmc"]) == (640, 480)
+  ranked = [k for k in written if k.startswith("ranked_q")]
+  attention = [k for k in written if k.startswith("attention_q")]
   assert len(ranked) == 2 and len(attention) == 1
   strip_shape = (H + 8, report.FRAMES_SHOWN * W + 8)
   want = tuple(report.ranked_sheet_pixels(strip_shape, 1 + 5))
@@ -59,10 +67,11 @@ def test_report_writes_metrics_and_pictures(tmp_path):
 
 def test_split_protocol_metrics_carry_std(tmp_path):
   from test_eval_protocols import split_table
+
   table = split_table()
   features = np.random.default_rng(1).normal(size=(24, 3)).astype(np.float32)
-  results = run_protocol('ilidsvid', [features] * 10, table, max_rank=6)
+  results = run_protocol("ilidsvid", [features] * 10, table, max_rank=6)
   write_report(str(tmp_path), results)
-  metrics = json.loads((tmp_path / 'metrics.json').read_text())
-  assert metrics['protocol'] == 'ilidsvid' and 'rank1_std' in metrics
-  assert len(metrics['per_split']) == 10
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["protocol"] == "ilidsvid" and "rank1_std" in metrics
+  assert len(metrics["per_split"]) == 10

@@ -13,8 +13,8 @@ def reference_rerank(query, gallery, k1, k2, lambda_value):
   n, num_q = len(x), len(query)
   dist = ((x[:, None] - x[None]) ** 2).sum(-1)
   dist = dist / dist.max(axis=1, keepdims=True)
-  order = np.argsort(dist, axis=1, kind='stable')
-  nearest = lambda p, k: set(order[p, :k + 1].tolist())  # N(p, k), p included
+  order = np.argsort(dist, axis=1, kind="stable")
+  nearest = lambda p, k: set(order[p, : k + 1].tolist())  # N(p, k), p included
   reciprocal = lambda p, k: {g for g in nearest(p, k) if p in nearest(g, k)}  # R(p, k)
   half = int(np.around(k1 / 2))
   v = np.zeros((n, n))
@@ -36,7 +36,7 @@ def reference_rerank(query, gallery, k1, k2, lambda_value):
   return (1 - lambda_value) * jaccard + lambda_value * dist[:num_q, num_q:], expanded
 
 
-@pytest.mark.parametrize('k1,k2', [(20, 6), (6, 3)])
+@pytest.mark.parametrize("k1,k2", [(20, 6), (6, 3)])
 def test_re_ranking_matches_reference(k1, k2):
   rng = np.random.default_rng(k1)
   query = rng.normal(size=(20, 8)).astype(np.float32)
@@ -56,11 +56,12 @@ def test_evaluate_with_rerank_ranks_the_reranked_distances():
   gallery = (centres[g_pids] + rng.normal(size=(60, 16))).astype(np.float32)
   q_camids, g_camids = np.zeros(24, int), np.ones(60, int)
   distmat, _ = reference_rerank(query, gallery, 20, 6, 0.3)
-  want_cmc, want_map, want_minp = reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids,
-                                                    max_rank=10)
+  want_cmc, want_map, want_minp = reference_metrics(
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10
+  )
   got = evaluate(query, gallery, q_pids, g_pids, q_camids, g_camids, max_rank=10, rerank=True)
-  np.testing.assert_allclose(got['cmc'], want_cmc, atol=1e-6)
-  assert got['mAP'] == pytest.approx(want_map, abs=1e-6)
-  assert got['mINP'] == pytest.approx(want_minp, abs=1e-6)
+  np.testing.assert_allclose(got["cmc"], want_cmc, atol=1e-6)
+  assert got["mAP"] == pytest.approx(want_map, abs=1e-6)
+  assert got["mINP"] == pytest.approx(want_minp, abs=1e-6)
   plain = evaluate(query, gallery, q_pids, g_pids, q_camids, g_camids, max_rank=10)
-  assert plain['mAP'] != pytest.approx(got['mAP'], abs=1e-4)  # re-ranking changed something
+  assert plain["mAP"] != pytest.approx(got["mAP"], abs=1e-4)  # re-ranking changed something

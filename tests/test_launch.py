@@ -15,7 +15,7 @@ LAUNCH = os.path.join(REPO, "launch.sh")
 # Emulates SLURM's `srun` inside a one-node allocation: starts SLURM_NTASKS (or --ntasks / -n)
 # copies of the command, each with the task environment srun gives it, forwards their output,
 # honours --kill-on-bad-exit, waits for all and exits non-zero if any task failed.
-FAKE_SRUN = r'''
+FAKE_SRUN = r"""
 import os
 import signal
 import subprocess
@@ -86,19 +86,25 @@ for task in tasks:
     task.wait()
 codes = [task.returncode if task.returncode >= 0 else 128 - task.returncode for task in tasks]
 sys.exit(max(codes))
-'''
+"""
 
 # Stands in for python on the remote side: prints its arguments, directory and SLURM task id.
-FAKE_PYTHON = r'''
+FAKE_PYTHON = r"""
 import json, os, sys
 line = json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
                    "procid": os.environ.get("SLURM_PROCID")}) + "\n"
 os.write(1, line.encode())  # one write: the tasks' lines do not interleave
-'''
+"""
 
 # Flags a shell would mangle if they were not quoted.
-AWKWARD_FLAGS = ["--config=configs/mars.py", "--workdir=/tmp/it's a dir", '--config.note="x y"',
-                 "--config.a=$HOME `id` ;*", "--config.b=two\nlines", "--config.c="]
+AWKWARD_FLAGS = [
+  "--config=configs/mars.py",
+  "--workdir=/tmp/it's a dir",
+  '--config.note="x y"',
+  "--config.a=$HOME `id` ;*",
+  "--config.b=two\nlines",
+  "--config.c=",
+]
 
 
 def write_script(path, body: str):
@@ -130,16 +136,19 @@ def bare_path(tmp_path) -> str:
 
 
 def launch(*args, env=None, timeout=60):
-  return subprocess.run([LAUNCH, *args], env=env or clean_env(), capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    [LAUNCH, *args], env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+  )
 
 
 def test_usage_errors_exit_2():
-  for args, message in [((), "Starts `python -m reid_jax.main`"),
-                        (("bogus",), "unknown mode 'bogus'"),
-                        (("local",), "local mode needs a process count"),
-                        (("local", "--workdir=/tmp/x"), "local mode needs a process count"),
-                        (("local", "0"), "local mode needs a process count")]:
+  for args, message in [
+    ((), "Starts `python -m reid_jax.main`"),
+    (("bogus",), "unknown mode 'bogus'"),
+    (("local",), "local mode needs a process count"),
+    (("local", "--workdir=/tmp/x"), "local mode needs a process count"),
+    (("local", "0"), "local mode needs a process count"),
+  ]:
     result = launch(*args)
     assert result.returncode == 2, (args, result)
     assert message in result.stderr, (args, result.stderr)
@@ -157,8 +166,13 @@ def test_slurm_mode_outside_an_allocation_names_srun(tmp_path):
 def test_slurm_mode_starts_one_process_per_task(tmp_path):
   write_fake_srun(tmp_path / "bin")
   python = write_script(tmp_path / "python", FAKE_PYTHON)
-  env = clean_env(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", PYTHON=str(python),
-                  SLURM_JOB_ID="4242", SLURM_NTASKS="3", SLURM_JOB_NODELIST="localhost")
+  env = clean_env(
+    PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    PYTHON=str(python),
+    SLURM_JOB_ID="4242",
+    SLURM_NTASKS="3",
+    SLURM_JOB_NODELIST="localhost",
+  )
   result = launch("slurm", *AWKWARD_FLAGS, env=env)
   assert result.returncode == 0, result
   runs = [json.loads(line) for line in result.stdout.splitlines()]
@@ -171,12 +185,16 @@ def test_slurm_mode_starts_one_process_per_task(tmp_path):
 def test_slurm_mode_stops_the_step_when_a_task_fails(tmp_path):
   write_fake_srun(tmp_path / "bin")
   # Task 1 fails at once; task 0 would run for a minute unless the step is killed.
-  python = write_script(tmp_path / "python", (
-      "import os, sys, time\n"
-      "if os.environ['SLURM_PROCID'] == '1': sys.exit(3)\n"
-      "time.sleep(60)\n"))
-  env = clean_env(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", PYTHON=str(python),
-                  SLURM_JOB_ID="4242", SLURM_NTASKS="2")
+  python = write_script(
+    tmp_path / "python",
+    ("import os, sys, time\nif os.environ['SLURM_PROCID'] == '1': sys.exit(3)\ntime.sleep(60)\n"),
+  )
+  env = clean_env(
+    PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    PYTHON=str(python),
+    SLURM_JOB_ID="4242",
+    SLURM_NTASKS="2",
+  )
   result = launch("slurm", "--workdir=/tmp/x", env=env, timeout=30)
   assert result.returncode != 0, result
   assert "task 1 exited with 3" in result.stderr, result.stderr
@@ -188,19 +206,26 @@ def tpu_pod(tmp_path, *flags, **env_vars):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir(exist_ok=True)
   record = tmp_path / "gcloud_argv.json"
-  write_script(bin_dir / "gcloud", (
-      "import json, sys\n"
-      f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"))
-  result = launch("tpu-pod", *flags,
-                  env=clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", **env_vars))
+  write_script(
+    bin_dir / "gcloud",
+    (f"import json, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"),
+  )
+  result = launch(
+    "tpu-pod", *flags, env=clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", **env_vars)
+  )
   argv = json.loads(record.read_text()) if record.exists() else None
   return result, argv
 
 
 def run_remote_command(command: str, python) -> dict:
   """What a worker does with gcloud's --command: its shell runs it, with PYTHON faked."""
-  result = subprocess.run(["bash", "-c", command], env=clean_env(PYTHON=str(python)),
-                          capture_output=True, text=True, timeout=60)
+  result = subprocess.run(
+    ["bash", "-c", command],
+    env=clean_env(PYTHON=str(python)),
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert result.returncode == 0, result
   return json.loads(result.stdout)
 
@@ -210,8 +235,15 @@ def test_tpu_pod_runs_tpu_mode_on_every_worker_with_flags_intact(tmp_path):
   result, argv = tpu_pod(tmp_path, *AWKWARD_FLAGS, TPU_NAME="my-pod", TPU_ZONE="us-central2-b")
   assert result.returncode == 0, result
   *head, command = argv
-  assert head == ["compute", "tpus", "tpu-vm", "ssh", "my-pod", "--zone=us-central2-b",
-                  "--worker=all"]
+  assert head == [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "my-pod",
+    "--zone=us-central2-b",
+    "--worker=all",
+  ]
   assert command.startswith("--command=cd ")
   run = run_remote_command(command.removeprefix("--command="), python)
   assert run["argv"] == ["-m", "reid_jax.main", "--distributed", *AWKWARD_FLAGS]
@@ -223,9 +255,14 @@ def test_tpu_pod_with_project_and_remote_dir(tmp_path):
   remote.mkdir()
   shutil.copy(LAUNCH, remote / "launch.sh")
   python = write_script(tmp_path / "python", FAKE_PYTHON)
-  result, argv = tpu_pod(tmp_path, "--workdir=gs://bucket/run 1", TPU_NAME="pod",
-                         TPU_ZONE="europe-west4-a", TPU_PROJECT="my-project",
-                         REMOTE_DIR=str(remote))
+  result, argv = tpu_pod(
+    tmp_path,
+    "--workdir=gs://bucket/run 1",
+    TPU_NAME="pod",
+    TPU_ZONE="europe-west4-a",
+    TPU_PROJECT="my-project",
+    REMOTE_DIR=str(remote),
+  )
   assert result.returncode == 0, result
   assert argv[4:7] == ["pod", "--zone=europe-west4-a", "--project=my-project"]
   run = run_remote_command(argv[-1].removeprefix("--command="), python)

@@ -20,15 +20,16 @@ def forward(model, clips):
 
 # --- parameter counts, written from the architecture rather than read off the model -----------
 
+
 def resnet50_backbone_params(depths=(3, 4, 6, 3), width=64):
   """Conv + BN parameters of torchvision's ResNet-50 without fc (BN: scale and bias)."""
   total = 3 * width * 49 + 2 * width  # stem conv 7x7 + bn
   in_ch = width
   for stage, depth in enumerate(depths):
-    planes = width * 2 ** stage
+    planes = width * 2**stage
     for block in range(depth):
-      total += in_ch * planes + 2 * planes          # conv1 1x1 + bn1
-      total += planes * planes * 9 + 2 * planes     # conv2 3x3 + bn2
+      total += in_ch * planes + 2 * planes  # conv1 1x1 + bn1
+      total += planes * planes * 9 + 2 * planes  # conv2 3x3 + bn2
       total += planes * 4 * planes + 2 * 4 * planes  # conv3 1x1 + bn3
       if block == 0:
         total += in_ch * 4 * planes + 2 * 4 * planes  # downsample conv + bn
@@ -46,7 +47,7 @@ def i3d_extra_params(depths=(3, 4, 6, 3), width=64):
   total = 4 * 3 * width * 49
   in_ch = width
   for stage, depth in enumerate(depths):
-    planes = width * 2 ** stage
+    planes = width * 2**stage
     for block in range(depth):
       if patterns[stage][block % len(patterns[stage])] == 3:
         total += 2 * in_ch * planes
@@ -63,10 +64,11 @@ def test_parameter_counts_match_the_formula():
   classes = 625
   backbone, head = resnet50_backbone_params(), head_params(2048, 512, classes)
   expected = {
-      "resnet50_tp": backbone + head,
-      "resnet3d50": backbone + head + i3d_extra_params(),
-      "resnet3d50_nl": (backbone + head + i3d_extra_params()
-                        + 2 * nonlocal_params(512) + 3 * nonlocal_params(1024)),
+    "resnet50_tp": backbone + head,
+    "resnet3d50": backbone + head + i3d_extra_params(),
+    "resnet3d50_nl": (
+      backbone + head + i3d_extra_params() + 2 * nonlocal_params(512) + 3 * nonlocal_params(1024)
+    ),
   }
   assert resnet50_backbone_params() == 25_557_032 - 2048 * 1000 - 1000  # torchvision, fc removed
   for name, count in expected.items():
@@ -78,8 +80,7 @@ def test_parameter_counts_match_the_formula():
 
 
 def test_full_size_shapes():
-  model = nnx.eval_shape(lambda: create_model("resnet3d50_nl", num_classes=625,
-                                              rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: create_model("resnet3d50_nl", num_classes=625, rngs=nnx.Rngs(0)))
   clips = jax.ShapeDtypeStruct((2, 8, 256, 128, 3), jnp.float32)
   graph, state = nnx.split(model)
 
@@ -111,8 +112,7 @@ def test_tiny_network_trains_and_evals():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-  model = create_model("resnet3d50_nl", num_classes=5, rngs=nnx.Rngs(0), dtype="bfloat16",
-                       **TINY)
+  model = create_model("resnet3d50_nl", num_classes=5, rngs=nnx.Rngs(0), dtype="bfloat16", **TINY)
   out = forward(model, jnp.ones((2, 4, 64, 32, 3)))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert out["pooled"].dtype == jnp.float32 and out["logits"].dtype == jnp.float32
@@ -124,8 +124,9 @@ def test_remat_changes_nothing_but_memory():
   labels = jnp.array([0, 1])
 
   def loss_and_grad(remat):
-    model = create_model("resnet3d50_nl", num_classes=3, rngs=nnx.Rngs(0), remat=remat,
-                         dropout_rate=0.0, **TINY)
+    model = create_model(
+      "resnet3d50_nl", num_classes=3, rngs=nnx.Rngs(0), remat=remat, dropout_rate=0.0, **TINY
+    )
 
     def loss_fn(model):
       logits = model(clips)["logits"]
@@ -139,24 +140,33 @@ def test_remat_changes_nothing_but_memory():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kernel_size, stride, channels", [
-    ((5, 7, 7), 2, (3, 8)),   # the stem: time-shifted frames stacked on channels, one 2D conv
-    ((3, 1, 1), 1, (6, 4)),   # the bottleneck's first conv: shifted channel matmuls
-    ((1, 3, 3), 2, (4, 4)),   # the spatial conv
-    ((1, 1, 1), 2, (6, 8)),   # the projection shortcut: a strided slice and a matmul
-])
+@pytest.mark.parametrize(
+  "kernel_size, stride, channels",
+  [
+    ((5, 7, 7), 2, (3, 8)),  # the stem: time-shifted frames stacked on channels, one 2D conv
+    ((3, 1, 1), 1, (6, 4)),  # the bottleneck's first conv: shifted channel matmuls
+    ((1, 3, 3), 2, (4, 4)),  # the spatial conv
+    ((1, 1, 1), 2, (6, 8)),  # the projection shortcut: a strided slice and a matmul
+  ],
+)
 def test_conv3d_matches_a_3d_convolution_in_values_and_gradients(kernel_size, stride, channels):
   """Every formulation of `Conv3D` against lax's 3D convolution (PyTorch's padding k // 2),
   forward, input gradient and kernel gradient."""
   from reid_jax.models.layers import Conv3D
+
   conv = Conv3D(*channels, kernel_size, stride=stride, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(sum(kernel_size))
   x = jnp.asarray(rng.normal(size=(2, 6, 9, 7, channels[0])), jnp.float32)
 
   def reference(kernel, x):
     return jax.lax.conv_general_dilated(
-        x, kernel, (1, stride, stride), [(k // 2, k // 2) for k in kernel_size],
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision="highest")
+      x,
+      kernel,
+      (1, stride, stride),
+      [(k // 2, k // 2) for k in kernel_size],
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+      precision="highest",
+    )
 
   graphdef, state = nnx.split(conv)
 
@@ -172,20 +182,26 @@ def test_conv3d_matches_a_3d_convolution_in_values_and_gradients(kernel_size, st
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("pool, window, strides, padding", [
+@pytest.mark.parametrize(
+  "pool, window, strides, padding",
+  [
     ("spatial", (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1))),
     ("spatial_unpadded", (1, 3, 3), (1, 2, 2), ((0, 0),) * 3),
     ("temporal", (2, 1, 1), (2, 1, 1), ((0, 0),) * 3),
     ("nonlocal_keys", (1, 2, 2), (1, 2, 2), ((0, 0),) * 3),
-])
+  ],
+)
 def test_max_pools_match_reduce_window_in_values_and_gradients(pool, window, strides, padding):
   """The slice-maximum pools against `nnx.max_pool` (reduce_window) on tie-free inputs, odd
   sizes included, and their gradient."""
   from reid_jax.models import layers
-  ours = {"spatial": lambda x: layers.max_pool_spatial(x, 3, 2, 1),
-          "spatial_unpadded": lambda x: layers.max_pool_spatial(x, 3, 2, 0),
-          "temporal": layers.max_pool_temporal,
-          "nonlocal_keys": lambda x: layers.max_pool(x, (1, 2, 2), (1, 2, 2))}[pool]
+
+  ours = {
+    "spatial": lambda x: layers.max_pool_spatial(x, 3, 2, 1),
+    "spatial_unpadded": lambda x: layers.max_pool_spatial(x, 3, 2, 0),
+    "temporal": layers.max_pool_temporal,
+    "nonlocal_keys": lambda x: layers.max_pool(x, (1, 2, 2), (1, 2, 2)),
+  }[pool]
   reference = lambda x: nnx.max_pool(x, window, strides=strides, padding=padding)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.permutation(4 * 6 * 7 * 5 * 3).reshape(4, 6, 7, 5, 3), jnp.float32) - 100
@@ -205,6 +221,7 @@ def test_create_model_rejects_bad_names():
 
 
 # --- the non-local block ------------------------------------------------------------------------
+
 
 def numpy_nonlocal(block, x, *, pool=False, scale=False):
   """softmax(theta(x) phi(x)^T) g(x) written out in numpy, and z before the residual."""
@@ -233,8 +250,7 @@ def test_fresh_nonlocal_block_is_the_identity():
   np.testing.assert_array_equal(block(x), x)
 
 
-@pytest.mark.parametrize("pool,scale", [(False, False), (True, False), (False, True),
-                                        (True, True)])
+@pytest.mark.parametrize("pool,scale", [(False, False), (True, False), (False, True), (True, True)])
 def test_nonlocal_attention_matches_numpy(pool, scale):
   block = NonLocalBlock(16, pool_phi_g=pool, scale_attention=scale, rngs=nnx.Rngs(0))
   block.eval()

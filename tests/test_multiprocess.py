@@ -57,8 +57,15 @@ def slurm_job_id_with_free_port() -> int:
 
 def run_in_own_session(args, env, timeout) -> subprocess.CompletedProcess:
   """subprocess.run that, on timeout, also kills the processes `args` started."""
-  with subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                        text=True, start_new_session=True) as proc:
+  with subprocess.Popen(
+    args,
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  ) as proc:
     try:
       out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -82,9 +89,20 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   two = tmp_path / "two_processes"
   env = subprocess_env(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2")
   result = subprocess.run(
-      ["./launch.sh", "local", "2", "--config=configs/synthetic.py", f"--workdir={two}",
-       *tiny_flags(data_dir, **SHORT)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    [
+      "./launch.sh",
+      "local",
+      "2",
+      "--config=configs/synthetic.py",
+      f"--workdir={two}",
+      *tiny_flags(data_dir, **SHORT),
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   other = (two / "process_1.log").read_text() if (two / "process_1.log").exists() else ""
   assert result.returncode == 0, result.stdout + result.stderr + other
   assert "4 devices (cpu) over 2 processes" in result.stderr, result.stderr
@@ -96,8 +114,9 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   assert sorted(losses_two) == [1, 2, 3, 4]
   assert losses_two.keys() == losses_one.keys()
   for step in losses_one:
-    np.testing.assert_allclose(losses_two[step], losses_one[step], rtol=1e-5,
-                               err_msg=f"step {step}")
+    np.testing.assert_allclose(
+      losses_two[step], losses_one[step], rtol=1e-5, err_msg=f"step {step}"
+    )
 
   # The checkpoint written by the 2-process run is restored by a 1-process eval.
   restored = train.evaluate_checkpoint(tiny_config(data_dir, mode="eval", **SHORT), str(two))
@@ -111,12 +130,26 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   (two / "metrics.json").unlink()
   bin_dir = tmp_path / "slurm_bin"
   write_fake_srun(bin_dir)
-  env = subprocess_env(PATH=f"{bin_dir}:{os.environ['PATH']}", JAX_PLATFORMS="cpu",
-                       SLURM_JOB_ID=str(slurm_job_id_with_free_port()), SLURM_NTASKS="2",
-                       SLURM_NNODES="1", SLURM_JOB_NODELIST="localhost")
+  env = subprocess_env(
+    PATH=f"{bin_dir}:{os.environ['PATH']}",
+    JAX_PLATFORMS="cpu",
+    SLURM_JOB_ID=str(slurm_job_id_with_free_port()),
+    SLURM_NTASKS="2",
+    SLURM_NNODES="1",
+    SLURM_JOB_NODELIST="localhost",
+  )
   result = run_in_own_session(
-      ["./launch.sh", "slurm", "--cpu_devices=2", "--config=configs/synthetic.py",
-       f"--workdir={two}", *tiny_flags(data_dir, mode="eval", **SHORT)], env, timeout=600)
+    [
+      "./launch.sh",
+      "slurm",
+      "--cpu_devices=2",
+      "--config=configs/synthetic.py",
+      f"--workdir={two}",
+      *tiny_flags(data_dir, mode="eval", **SHORT),
+    ],
+    env,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   assert "4 devices (cpu) over 2 processes" in result.stderr, result.stderr
   evaluated = json.loads((two / "metrics.json").read_text())

@@ -18,8 +18,9 @@ from reid_jax.models import Architecture, create_model, load_kinetics_i3d, load_
 
 import caffe2_i3d
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "bench"))
+sys.path.insert(
+  0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+)
 import torch_i3d  # noqa: E402  (bench/: the PyTorch peer under PySlowFast's names)
 
 SMALL = dict(stage_depths=(1, 2, 2, 1), width=8)
@@ -42,8 +43,10 @@ def clips_and_torch_input(shape=(2, 8, 64, 32), seed=0):
 
 
 def snapshot(model):
-  return [np.asarray(leaf).copy() for leaf in
-          __import__("jax").tree.leaves(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))]
+  return [
+    np.asarray(leaf).copy()
+    for leaf in __import__("jax").tree.leaves(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+  ]
 
 
 def assert_untouched(model, before):
@@ -53,9 +56,11 @@ def assert_untouched(model, before):
 
 # --- Kinetics: pytorchvideo ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def pytorchvideo_file(tmp_path_factory):
   from pytorchvideo.models.hub import i3d_r50
+
   torch.manual_seed(0)
   net = torch_i3d.randomise_batch_norms(i3d_r50(pretrained=False))
   path = tmp_path_factory.mktemp("ptv") / "I3D_8x8_R50.pyth"
@@ -78,6 +83,7 @@ def test_pytorchvideo_i3d_matches_its_network(pytorchvideo_file):
 
 # --- Kinetics: the Caffe2 release ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def caffe2_nonlocal_file(tmp_path_factory):
   blobs = caffe2_i3d.random_blobs(with_nonlocal=True)
@@ -99,6 +105,7 @@ def test_python2_pickle_is_what_the_reader_sees():
   """The test's pickles use Python 2's opcodes and names, as the downloaded files do."""
   import io
   import pickletools
+
   buffer = io.BytesIO()
   caffe2_i3d._Python2Pickler(buffer, protocol=2).dump({"conv1_w": np.ones((2, 3), np.float32)})
   ops = {op.name for op, _, _ in pickletools.genops(buffer.getvalue())}
@@ -108,37 +115,52 @@ def test_python2_pickle_is_what_the_reader_sees():
 
 @pytest.fixture(scope="module")
 def small_caffe2_blobs():
-  return {nonlocal_: caffe2_i3d.random_blobs(depths=SMALL["stage_depths"], width=SMALL["width"],
-                                             with_nonlocal=nonlocal_, seed=1)
-          for nonlocal_ in (False, True)}
+  return {
+    nonlocal_: caffe2_i3d.random_blobs(
+      depths=SMALL["stage_depths"], width=SMALL["width"], with_nonlocal=nonlocal_, seed=1
+    )
+    for nonlocal_ in (False, True)
+  }
 
 
 def small_model(name="resnet3d50_nl", **overrides):
-  return create_model(name, num_classes=3, rngs=nnx.Rngs(0),
-                      **{**SMALL, "stem_pool_padding": 0, **overrides})
+  return create_model(
+    name, num_classes=3, rngs=nnx.Rngs(0), **{**SMALL, "stem_pool_padding": 0, **overrides}
+  )
 
 
 def test_caffe2_baseline_checkpoint_and_what_it_skips(tmp_path, small_caffe2_blobs):
   blobs = small_caffe2_blobs[False]
   caffe2_i3d.write_python2_pickle({"blobs": blobs}, tmp_path / "baseline.pkl")
   model = load_kinetics_i3d(small_model("resnet3d50"), tmp_path / "baseline.pkl")
-  np.testing.assert_array_equal(model.layer2[1].conv1.kernel[...],
-                                blobs["res3_1_branch2a_w"].transpose(2, 3, 4, 1, 0))
+  np.testing.assert_array_equal(
+    model.layer2[1].conv1.kernel[...], blobs["res3_1_branch2a_w"].transpose(2, 3, 4, 1, 0)
+  )
   np.testing.assert_array_equal(model.bn1.var[...], blobs["res_conv1_bn_riv"])
   # pred_*, *_momentum, lr and model_iter are not the network: nothing else is left over.
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda b: b.pop("res3_1_branch2b_bn_riv"), "missing key 'res3_1_branch2b_bn_riv'"),
-    (lambda b: b.__setitem__("res6_0_branch2a_w", np.zeros(1, np.float32)),
-     "unexpected key 'res6_0_branch2a_w'"),
-    (lambda b: b.__setitem__("res4_0_branch2b_w", np.zeros((32, 32, 3, 3, 3), np.float32)),
-     r"key 'res4_0_branch2b_w' of shape \(32, 32, 3, 3, 3\)"),
-    (lambda b: b.__setitem__("nonlocal_conv4_1_theta_w", np.zeros((32, 64, 1, 1), np.float32)),
-     "nonlocal_conv4_1_theta_w"),
-])
-def test_caffe2_bad_tensors_are_named_and_leave_the_model_untouched(tmp_path, small_caffe2_blobs,
-                                                                     edit, message):
+    (
+      lambda b: b.__setitem__("res6_0_branch2a_w", np.zeros(1, np.float32)),
+      "unexpected key 'res6_0_branch2a_w'",
+    ),
+    (
+      lambda b: b.__setitem__("res4_0_branch2b_w", np.zeros((32, 32, 3, 3, 3), np.float32)),
+      r"key 'res4_0_branch2b_w' of shape \(32, 32, 3, 3, 3\)",
+    ),
+    (
+      lambda b: b.__setitem__("nonlocal_conv4_1_theta_w", np.zeros((32, 64, 1, 1), np.float32)),
+      "nonlocal_conv4_1_theta_w",
+    ),
+  ],
+)
+def test_caffe2_bad_tensors_are_named_and_leave_the_model_untouched(
+  tmp_path, small_caffe2_blobs, edit, message
+):
   blobs = dict(small_caffe2_blobs[True])
   edit(blobs)
   caffe2_i3d.write_python2_pickle({"blobs": blobs}, tmp_path / "bad.pkl")
@@ -149,18 +171,25 @@ def test_caffe2_bad_tensors_are_named_and_leave_the_model_untouched(tmp_path, sm
   assert_untouched(model, before)
 
 
-@pytest.mark.parametrize("nonlocal_file, model_kwargs, message", [
+@pytest.mark.parametrize(
+  "nonlocal_file, model_kwargs, message",
+  [
     (True, dict(name="resnet3d50"), "has non-local blocks .* load it into resnet3d50_nl"),
     (False, dict(), "has no non-local blocks and the model has some"),
     (True, dict(nonlocal_pool=False), r"max-pool x by 1x2x2 .* nonlocal_pool=False"),
     (True, dict(nonlocal_scale=False), r"d\^-0.5; the model has nonlocal_scale=False"),
-    (True, dict(stem_pool_padding=1), "stem max-pool by 0; build the model with "
-                                      "stem_pool_padding=0"),
+    (
+      True,
+      dict(stem_pool_padding=1),
+      "stem max-pool by 0; build the model with stem_pool_padding=0",
+    ),
     (False, dict(name="resnet3d50", temporal_pool=False), "temporal_pool=False"),
     (False, dict(name="resnet50_tp"), r"needs an inflated model"),
-])
-def test_caffe2_structure_mismatches_are_named(tmp_path, small_caffe2_blobs, nonlocal_file,
-                                               model_kwargs, message):
+  ],
+)
+def test_caffe2_structure_mismatches_are_named(
+  tmp_path, small_caffe2_blobs, nonlocal_file, model_kwargs, message
+):
   caffe2_i3d.write_python2_pickle({"blobs": small_caffe2_blobs[nonlocal_file]}, tmp_path / "c.pkl")
   model = small_model(**model_kwargs)
   before = snapshot(model)
@@ -196,26 +225,35 @@ def test_unreadable_files_are_named(tmp_path):
 
 # --- Kinetics: PySlowFast -----------------------------------------------------------------------
 
+
 def pyslowfast_file(path, arch, seed=0, *, norm_name="bn"):
   """A PySlowFast training checkpoint of the I3D(-NL) of `arch`, with its Kinetics head."""
   torch.manual_seed(seed)
   net = torch_i3d.randomise_batch_norms(torch_i3d.I3D(arch), seed)
   state = net.state_dict()
   if norm_name != "bn":  # recent PySlowFast calls the non-local BatchNorm `norm`
-    state = {k.replace("_nonlocal1.bn.", f"_nonlocal1.{norm_name}.").replace(
-        "_nonlocal3.bn.", f"_nonlocal3.{norm_name}."): v for k, v in state.items()}
+    state = {
+      k.replace("_nonlocal1.bn.", f"_nonlocal1.{norm_name}.").replace(
+        "_nonlocal3.bn.", f"_nonlocal3.{norm_name}."
+      ): v
+      for k, v in state.items()
+    }
   state["head.projection.weight"] = torch.zeros(400, net.feature_dim)
   state["head.projection.bias"] = torch.zeros(400)
-  torch.save({"epoch": 196, "model_state": state, "optimizer_state": {},
-              "cfg": "MODEL:\n  ARCH: i3d\n"}, path)
+  torch.save(
+    {"epoch": 196, "model_state": state, "optimizer_state": {}, "cfg": "MODEL:\n  ARCH: i3d\n"},
+    path,
+  )
   return net
 
 
 def test_pyslowfast_nonlocal_i3d_matches_its_network(tmp_path):
   arch = Architecture()
   net = pyslowfast_file(tmp_path / "I3D_NLN_8x8_R50.pyth", arch)
-  model = load_kinetics_i3d(create_model("resnet3d50_nl", num_classes=3, rngs=nnx.Rngs(0)),
-                            tmp_path / "I3D_NLN_8x8_R50.pyth")
+  model = load_kinetics_i3d(
+    create_model("resnet3d50_nl", num_classes=3, rngs=nnx.Rngs(0)),
+    tmp_path / "I3D_NLN_8x8_R50.pyth",
+  )
   model.eval()
   ours, theirs_in = clips_and_torch_input(seed=1)
   with torch.no_grad():
@@ -227,19 +265,22 @@ def test_pyslowfast_names_of_both_versions_and_wrong_padding(tmp_path):
   arch = Architecture(**SMALL)
   net = pyslowfast_file(tmp_path / "new.pyth", arch, norm_name="norm")
   model = load_kinetics_i3d(small_model(stem_pool_padding=1), tmp_path / "new.pyth")
-  np.testing.assert_array_equal(model.layer2[1].nonlocal_block.bn.var[...],
-                                net.s3.pathway0_nonlocal1.bn.running_var.numpy())
+  np.testing.assert_array_equal(
+    model.layer2[1].nonlocal_block.bn.var[...], net.s3.pathway0_nonlocal1.bn.running_var.numpy()
+  )
   with pytest.raises(ValueError, match="stem_pool_padding=1"):
     load_kinetics_i3d(small_model(), tmp_path / "new.pyth")
 
 
 # --- 2D ResNet-50s: torchvision, torchreid, fast-reid -------------------------------------------
 
+
 def randomised_torchvision(depths=(3, 4, 6, 3), seed=0):
   """A torchvision ResNet with random weights and random BatchNorm statistics, in eval mode."""
   torch.manual_seed(seed)
   return torch_i3d.randomise_batch_norms(
-      torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, list(depths)), seed)
+    torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, list(depths)), seed
+  )
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +293,9 @@ def resnet50_file(tmp_path_factory):
 
 def test_resnet50_tp_matches_torchvision(resnet50_file):
   path, net = resnet50_file
-  model = load_torchvision_resnet50(create_model("resnet50_tp", num_classes=4, rngs=nnx.Rngs(0)),
-                                    path)
+  model = load_torchvision_resnet50(
+    create_model("resnet50_tp", num_classes=4, rngs=nnx.Rngs(0)), path
+  )
   model.eval()
   clips = np.random.default_rng(0).normal(size=(2, 2, 96, 64, 3)).astype(np.float32)
   net.fc = torch.nn.Identity()
@@ -268,10 +310,11 @@ def test_center_inflation_of_a_static_clip_equals_the_2d_network(resnet50_file):
   frame = np.random.default_rng(1).normal(size=(1, 1, 64, 32, 3)).astype(np.float32)
   static_clip = jnp.asarray(np.repeat(frame, 4, axis=1))
   baseline = load_torchvision_resnet50(
-      create_model("resnet50_tp", num_classes=4, rngs=nnx.Rngs(0)), path)
+    create_model("resnet50_tp", num_classes=4, rngs=nnx.Rngs(0)), path
+  )
   inflated = load_torchvision_resnet50(
-      create_model("resnet3d50_nl", num_classes=4, rngs=nnx.Rngs(1)), path,
-      temporal_init="center")
+    create_model("resnet3d50_nl", num_classes=4, rngs=nnx.Rngs(1)), path, temporal_init="center"
+  )
   baseline.eval()
   inflated.eval()
   expected = pooled(baseline, jnp.asarray(frame))
@@ -281,16 +324,24 @@ def test_center_inflation_of_a_static_clip_equals_the_2d_network(resnet50_file):
 def test_mean_inflation_divides_every_plane_by_t(resnet50_file):
   path, net = resnet50_file
   model = load_torchvision_resnet50(
-      create_model("resnet3d50", num_classes=4, rngs=nnx.Rngs(0)), path, temporal_init="mean")
+    create_model("resnet3d50", num_classes=4, rngs=nnx.Rngs(0)), path, temporal_init="mean"
+  )
   stem = np.asarray(model.conv1.kernel[...])
   assert stem.shape == (5, 7, 7, 3, 64)
-  np.testing.assert_allclose(stem, np.broadcast_to(
-      net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0) / 5, stem.shape), rtol=1e-6)
+  np.testing.assert_allclose(
+    stem,
+    np.broadcast_to(net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0) / 5, stem.shape),
+    rtol=1e-6,
+  )
   conv1 = np.asarray(model.layer2[0].conv1.kernel[...])
   assert conv1.shape == (3, 1, 1, 256, 128)
-  np.testing.assert_allclose(conv1, np.broadcast_to(
-      net.layer2[0].conv1.weight.detach().numpy().transpose(2, 3, 1, 0) / 3, conv1.shape),
-      rtol=1e-6)
+  np.testing.assert_allclose(
+    conv1,
+    np.broadcast_to(
+      net.layer2[0].conv1.weight.detach().numpy().transpose(2, 3, 1, 0) / 3, conv1.shape
+    ),
+    rtol=1e-6,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -308,22 +359,37 @@ def test_reid_checkpoints_load_with_their_heads_skipped(tmp_path, small_resnet, 
   `backbone.`, `heads.*`, pixel statistics) give the same network as the plain file."""
   torch.save(small_resnet, tmp_path / "plain.pth")
   torchreid = {f"module.{k}": v for k, v in small_resnet.items() if not k.startswith("fc.")}
-  torchreid.update({"module.classifier.weight": torch.zeros(751, 2048),
-                    "module.classifier.bias": torch.zeros(751)})
-  torch.save({"state_dict": torchreid, "epoch": 60, "rank1": np.float64(0.874),
-              "optimizer": {"state": {}, "param_groups": [{"lr": 3e-4}]}},
-             tmp_path / "model.pth.tar-60")
+  torchreid.update(
+    {"module.classifier.weight": torch.zeros(751, 2048), "module.classifier.bias": torch.zeros(751)}
+  )
+  torch.save(
+    {
+      "state_dict": torchreid,
+      "epoch": 60,
+      "rank1": np.float64(0.874),
+      "optimizer": {"state": {}, "param_groups": [{"lr": 3e-4}]},
+    },
+    tmp_path / "model.pth.tar-60",
+  )
   fastreid = {f"backbone.{k}": v for k, v in small_resnet.items() if not k.startswith("fc.")}
-  fastreid.update({"heads.bottleneck.0.weight": torch.ones(2048),
-                   "heads.classifier.weight": torch.zeros(702, 2048),
-                   "pixel_mean": torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1),
-                   "pixel_std": torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)})
+  fastreid.update(
+    {
+      "heads.bottleneck.0.weight": torch.ones(2048),
+      "heads.classifier.weight": torch.zeros(702, 2048),
+      "pixel_mean": torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1),
+      "pixel_std": torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1),
+    }
+  )
   torch.save({"model": fastreid, "iteration": 9000}, tmp_path / "duke_bot_R50.pth")
 
   reference = snapshot(load_torchvision_resnet50(small_2d_model(), tmp_path / "plain.pth"))
-  for name, heads in (("model.pth.tar-60", "classifier.bias, classifier.weight"),
-                      ("duke_bot_R50.pth", "heads.bottleneck.0.weight, heads.classifier.weight, "
-                                           "pixel_mean, pixel_std")):
+  for name, heads in (
+    ("model.pth.tar-60", "classifier.bias, classifier.weight"),
+    (
+      "duke_bot_R50.pth",
+      "heads.bottleneck.0.weight, heads.classifier.weight, pixel_mean, pixel_std",
+    ),
+  ):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="reid_jax"):
       model = load_torchvision_resnet50(small_2d_model(), tmp_path / name)
@@ -337,13 +403,20 @@ def test_reid_checkpoints_load_with_their_heads_skipped(tmp_path, small_resnet, 
     load_torchvision_resnet50(small_2d_model(), tmp_path / "unscaled.pth")
 
 
-@pytest.mark.parametrize("edit,message", [
+@pytest.mark.parametrize(
+  "edit,message",
+  [
     (lambda s: s.pop("layer2.0.bn2.running_var"), "missing key 'layer2.0.bn2.running_var'"),
-    (lambda s: s.__setitem__("layer5.0.conv1.weight", torch.zeros(1)),
-     "unexpected key 'layer5.0.conv1.weight'"),
-    (lambda s: s.__setitem__("layer3.0.conv2.weight", torch.zeros(256, 256, 1, 3)),
-     r"key 'layer3.0.conv2.weight' of shape \(256, 256, 1, 3\)"),
-])
+    (
+      lambda s: s.__setitem__("layer5.0.conv1.weight", torch.zeros(1)),
+      "unexpected key 'layer5.0.conv1.weight'",
+    ),
+    (
+      lambda s: s.__setitem__("layer3.0.conv2.weight", torch.zeros(256, 256, 1, 3)),
+      r"key 'layer3.0.conv2.weight' of shape \(256, 256, 1, 3\)",
+    ),
+  ],
+)
 def test_2d_loader_names_the_bad_key(tmp_path, small_resnet, edit, message):
   state = dict(small_resnet)
   edit(state)
@@ -355,8 +428,7 @@ def test_2d_loader_names_the_bad_key(tmp_path, small_resnet, edit, message):
   assert_untouched(model, before)
 
 
-def test_2d_loader_rejects_the_wrong_files_and_settings(tmp_path, small_resnet,
-                                                        small_caffe2_blobs):
+def test_2d_loader_rejects_the_wrong_files_and_settings(tmp_path, small_resnet, small_caffe2_blobs):
   torch.save(small_resnet, tmp_path / "r50.pth")
   with pytest.raises(FileNotFoundError, match="nowhere.pth"):
     load_torchvision_resnet50(small_2d_model(), tmp_path / "nowhere.pth")
@@ -366,9 +438,16 @@ def test_2d_loader_rejects_the_wrong_files_and_settings(tmp_path, small_resnet,
   with pytest.raises(ValueError, match="temporal_init"):
     load_torchvision_resnet50(small_2d_model(), tmp_path / "r50.pth", temporal_init="edge")
   with pytest.raises(ValueError, match="pads its stem max-pool by 1"):
-    load_torchvision_resnet50(create_model("resnet3d50", num_classes=3, rngs=nnx.Rngs(0),
-                                           stage_depths=(1, 1, 1, 1), stem_pool_padding=0),
-                              tmp_path / "r50.pth")
+    load_torchvision_resnet50(
+      create_model(
+        "resnet3d50",
+        num_classes=3,
+        rngs=nnx.Rngs(0),
+        stage_depths=(1, 1, 1, 1),
+        stem_pool_padding=0,
+      ),
+      tmp_path / "r50.pth",
+    )
   caffe2_i3d.write_python2_pickle({"blobs": small_caffe2_blobs[False]}, tmp_path / "i3d.pkl")
   with pytest.raises(ValueError, match="Kinetics I3D checkpoint .* load_kinetics_i3d"):
     load_torchvision_resnet50(small_2d_model(), tmp_path / "i3d.pkl")

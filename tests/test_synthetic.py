@@ -11,94 +11,117 @@ from PIL import Image
 
 from data_prep import synthetic
 
-SMALL = dict(identities=4, test_identities=3, cameras=3, min_len=3, max_len=5, height=32, width=16,
-             junk=2, distractors=2)
+SMALL = dict(
+  identities=4,
+  test_identities=3,
+  cameras=3,
+  min_len=3,
+  max_len=5,
+  height=32,
+  width=16,
+  junk=2,
+  distractors=2,
+)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp('synthetic'))
-    counts = synthetic.generate(out, seed=7, **SMALL)
-    return out, counts
+  out = str(tmp_path_factory.mktemp("synthetic"))
+  counts = synthetic.generate(out, seed=7, **SMALL)
+  return out, counts
 
 
 def _mat(out, name, key):
-    return scipy.io.loadmat(os.path.join(out, 'info', name))[key]
+  return scipy.io.loadmat(os.path.join(out, "info", name))[key]
 
 
 def test_mars_layout(generated):
-    out, counts = generated
-    assert sorted(os.listdir(out)) == ['bbox_test', 'bbox_train', 'info']
-    assert sorted(os.listdir(os.path.join(out, 'info'))) == [
-        'query_IDX.mat', 'test_name.txt', 'tracks_test_info.mat', 'tracks_train_info.mat',
-        'train_name.txt']
-    assert {'00-1', '0000'} <= set(os.listdir(os.path.join(out, 'bbox_test')))
-    for split in ('train', 'test'):
-        rows = _mat(out, f'tracks_{split}_info.mat', f'track_{split}_info')
-        with open(os.path.join(out, 'info', f'{split}_name.txt')) as f:
-            names = f.read().split()
-        assert rows.shape == (counts[f'{split}_tracklets'], 4)
-        assert rows[0, 0] == 1 and rows[-1, 1] == len(names)
-        np.testing.assert_array_equal(rows[1:, 0], rows[:-1, 1] + 1)  # contiguous name ranges
-        for start, end, pid, camid in rows.astype(int):
-            for name in names[start - 1 : end]:
-                m = re.fullmatch(r'(\d{4}|00-1)C(\d)T\d{4}F\d{3}\.jpg', name)
-                assert m and int(m[1].replace('00-1', '-1')) == pid and int(m[2]) == camid
-                assert os.path.exists(os.path.join(out, f'bbox_{split}', m[1], name))
-        image = Image.open(os.path.join(out, f'bbox_{split}', names[0][:4], names[0]))
-        assert image.format == 'JPEG' and image.size == (16, 32)
+  out, counts = generated
+  assert sorted(os.listdir(out)) == ["bbox_test", "bbox_train", "info"]
+  assert sorted(os.listdir(os.path.join(out, "info"))) == [
+    "query_IDX.mat",
+    "test_name.txt",
+    "tracks_test_info.mat",
+    "tracks_train_info.mat",
+    "train_name.txt",
+  ]
+  assert {"00-1", "0000"} <= set(os.listdir(os.path.join(out, "bbox_test")))
+  for split in ("train", "test"):
+    rows = _mat(out, f"tracks_{split}_info.mat", f"track_{split}_info")
+    with open(os.path.join(out, "info", f"{split}_name.txt")) as f:
+      names = f.read().split()
+    assert rows.shape == (counts[f"{split}_tracklets"], 4)
+    assert rows[0, 0] == 1 and rows[-1, 1] == len(names)
+    np.testing.assert_array_equal(rows[1:, 0], rows[:-1, 1] + 1)  # contiguous name ranges
+    for start, end, pid, camid in rows.astype(int):
+      for name in names[start - 1 : end]:
+        m = re.fullmatch(r"(\d{4}|00-1)C(\d)T\d{4}F\d{3}\.jpg", name)
+        assert m and int(m[1].replace("00-1", "-1")) == pid and int(m[2]) == camid
+        assert os.path.exists(os.path.join(out, f"bbox_{split}", m[1], name))
+    image = Image.open(os.path.join(out, f"bbox_{split}", names[0][:4], names[0]))
+    assert image.format == "JPEG" and image.size == (16, 32)
 
 
 def test_queries_have_a_match_in_another_camera(generated):
-    out, _ = generated
-    rows = _mat(out, 'tracks_test_info.mat', 'track_test_info').astype(int)
-    query = _mat(out, 'query_IDX.mat', 'query_IDX').astype(int)
-    assert query.shape[0] == 1
-    for q in query.ravel() - 1:
-        pid, camid = rows[q, 2:]
-        assert pid > 0
-        assert ((rows[:, 2] == pid) & (rows[:, 3] != camid)).any()
-    train_pids = set(_mat(out, 'tracks_train_info.mat', 'track_train_info')[:, 2])
-    assert not train_pids & set(rows[:, 2])  # disjoint train and test people
+  out, _ = generated
+  rows = _mat(out, "tracks_test_info.mat", "track_test_info").astype(int)
+  query = _mat(out, "query_IDX.mat", "query_IDX").astype(int)
+  assert query.shape[0] == 1
+  for q in query.ravel() - 1:
+    pid, camid = rows[q, 2:]
+    assert pid > 0
+    assert ((rows[:, 2] == pid) & (rows[:, 3] != camid)).any()
+  train_pids = set(_mat(out, "tracks_train_info.mat", "track_train_info")[:, 2])
+  assert not train_pids & set(rows[:, 2])  # disjoint train and test people
 
 
 def test_same_seed_same_images(generated, tmp_path):
-    out, _ = generated
-    again = str(tmp_path / 'again')
-    synthetic.generate(again, seed=7, **SMALL)
-    for folder in ('bbox_train', 'bbox_test'):
-        cmp = filecmp.dircmp(os.path.join(out, folder), os.path.join(again, folder))
-        assert not cmp.left_only and not cmp.right_only
-        for sub in cmp.common_dirs:
-            names = os.listdir(os.path.join(out, folder, sub))
-            _, mismatch, errors = filecmp.cmpfiles(
-                os.path.join(out, folder, sub), os.path.join(again, folder, sub), names,
-                shallow=False)
-            assert not mismatch and not errors
-    other = str(tmp_path / 'other')
-    synthetic.generate(other, seed=8, **SMALL)
-    with open(os.path.join(out, 'info', 'train_name.txt')) as a, \
-            open(os.path.join(other, 'info', 'train_name.txt')) as b:
-        assert a.read() != b.read()
+  out, _ = generated
+  again = str(tmp_path / "again")
+  synthetic.generate(again, seed=7, **SMALL)
+  for folder in ("bbox_train", "bbox_test"):
+    cmp = filecmp.dircmp(os.path.join(out, folder), os.path.join(again, folder))
+    assert not cmp.left_only and not cmp.right_only
+    for sub in cmp.common_dirs:
+      names = os.listdir(os.path.join(out, folder, sub))
+      _, mismatch, errors = filecmp.cmpfiles(
+        os.path.join(out, folder, sub), os.path.join(again, folder, sub), names, shallow=False
+      )
+      assert not mismatch and not errors
+  other = str(tmp_path / "other")
+  synthetic.generate(other, seed=8, **SMALL)
+  with (
+    open(os.path.join(out, "info", "train_name.txt")) as a,
+    open(os.path.join(other, "info", "train_name.txt")) as b,
+  ):
+    assert a.read() != b.read()
 
 
 def test_identities_differ_more_than_cameras_of_one_identity(generated):
-    """Tracklet mean colours: the same person across cameras is closer than two people."""
-    out, _ = generated
-    rows = _mat(out, 'tracks_train_info.mat', 'track_train_info').astype(int)
-    with open(os.path.join(out, 'info', 'train_name.txt')) as f:
-        names = f.read().split()
-    means = np.stack([
-        np.mean([np.asarray(Image.open(os.path.join(out, 'bbox_train', n[:4], n)), float)
-                 for n in names[start - 1 : end]], axis=0).ravel()
-        for start, end, _, _ in rows])
-    distance = np.linalg.norm(means[:, None] - means[None], axis=-1)
-    same = rows[:, 2][:, None] == rows[:, 2][None]
-    off_diagonal = ~np.eye(len(rows), dtype=bool)
-    assert distance[same & off_diagonal].mean() < distance[~same].mean()
+  """Tracklet mean colours: the same person across cameras is closer than two people."""
+  out, _ = generated
+  rows = _mat(out, "tracks_train_info.mat", "track_train_info").astype(int)
+  with open(os.path.join(out, "info", "train_name.txt")) as f:
+    names = f.read().split()
+  means = np.stack(
+    [
+      np.mean(
+        [
+          np.asarray(Image.open(os.path.join(out, "bbox_train", n[:4], n)), float)
+          for n in names[start - 1 : end]
+        ],
+        axis=0,
+      ).ravel()
+      for start, end, _, _ in rows
+    ]
+  )
+  distance = np.linalg.norm(means[:, None] - means[None], axis=-1)
+  same = rows[:, 2][:, None] == rows[:, 2][None]
+  off_diagonal = ~np.eye(len(rows), dtype=bool)
+  assert distance[same & off_diagonal].mean() < distance[~same].mean()
 
 
 def test_refuses_to_overwrite(generated):
-    out, _ = generated
-    with pytest.raises(FileExistsError):
-        synthetic.generate(out, **SMALL)
+  out, _ = generated
+  with pytest.raises(FileExistsError):
+    synthetic.generate(out, **SMALL)

@@ -19,14 +19,20 @@ from tiny_training import tiny_config, tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
 def saved_arrays(workdir, step):
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "meta"),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+  with ocp.CheckpointManager(
+    os.path.join(workdir, "checkpoints"),
+    item_names=("state", "meta"),
+    options=ocp.CheckpointManagerOptions(read_only=True),
+  ) as manager:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+
   def host(x):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       x = jax.random.key_data(x)  # the dropout RNG's state
     return np.asarray(x)
+
   return {k: host(v) for k, v in jax.tree_util.tree_flatten_with_path(restored["state"])[0]}
 
 
@@ -48,8 +54,11 @@ def test_validation_names_the_field():
     config_lib.validate(config, num_devices=1)
   config = config_lib.default_config()
   config.data.height, config.data.width = 32, 16
-  with pytest.raises(ValueError, match=r"config.model.nonlocal_pool: 32x16 clips give a 2x1 map "
-                                       r"in res4, too small"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.model.nonlocal_pool: 32x16 clips give a 2x1 map "
+    r"in res4, too small",
+  ):
     config_lib.validate(config, num_devices=1)
   config = config_lib.default_config()
   config.model.stem_pool_padding = 2
@@ -57,8 +66,11 @@ def test_validation_names_the_field():
     config_lib.validate(config, num_devices=1)
   config = config_lib.default_config()
   config.init.kinetics_i3d, config.init.torchvision_resnet50 = "a.pkl", "b.pth"
-  with pytest.raises(ValueError, match=r"config.init.torchvision_resnet50: at most one "
-                                       r"initialisation, got init.kinetics_i3d and "):
+  with pytest.raises(
+    ValueError,
+    match=r"config.init.torchvision_resnet50: at most one "
+    r"initialisation, got init.kinetics_i3d and ",
+  ):
     config_lib.validate(config, num_devices=1)
 
 
@@ -76,16 +88,24 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
   assert 0.0 <= results["rank1"] <= 1.0 and results["protocol"] == "mars"
 
   resumed = tmp_path / "resumed"
-  cmd = [sys.executable, "-m", "reid_jax.main", "--config=configs/synthetic.py",
-         f"--workdir={resumed}", *tiny_flags(data_dir)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "reid_jax.main",
+    "--config=configs/synthetic.py",
+    f"--workdir={resumed}",
+    *tiny_flags(data_dir),
+  ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   log_file = resumed / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if log_file.exists() and any(json.loads(line)["step"] >= 2
-                                 for line in log_file.read_text().splitlines()):
+    if log_file.exists() and any(
+      json.loads(line)["step"] >= 2 for line in log_file.read_text().splitlines()
+    ):
       proc.send_signal(signal.SIGTERM)
       break
     time.sleep(0.1)
@@ -119,47 +139,60 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
     train.evaluate_checkpoint(wider, str(straight))
 
 
-def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(data_dir,
-                                                                             tmp_path):
+def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(data_dir, tmp_path):
   """Kinetics weights -> 'kinetics' normalisation in the checkpoints, in eval, and in a
   fine-tuning run from them; a config that builds another network is refused."""
   import caffe2_i3d
+
   blobs = caffe2_i3d.random_blobs(depths=(1, 2, 2, 1), width=4, with_nonlocal=False)
   caffe2_i3d.write_python2_pickle({"blobs": blobs}, tmp_path / "i3d_baseline.pkl")
-  kinetics = {"model.name": "resnet3d50", "model.stem_pool_padding": 0,
-              "optim.total_epochs": 1, "optim.decay_start_epoch": 0}
+  kinetics = {
+    "model.name": "resnet3d50",
+    "model.stem_pool_padding": 0,
+    "optim.total_epochs": 1,
+    "optim.decay_start_epoch": 0,
+  }
 
   missing = tiny_config(data_dir, **kinetics, **{"init.kinetics_i3d": str(tmp_path / "no.pkl")})
-  with pytest.raises(FileNotFoundError, match=r"config.init.kinetics_i3d: .*no.pkl does not "
-                                              r"exist; the Kinetics I3D checkpoints are"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"config.init.kinetics_i3d: .*no.pkl does not "
+    r"exist; the Kinetics I3D checkpoints are",
+  ):
     train.train_and_evaluate(missing, str(tmp_path / "missing"))
 
   first = tmp_path / "kinetics"
-  config = tiny_config(data_dir, **kinetics,
-                       **{"init.kinetics_i3d": str(tmp_path / "i3d_baseline.pkl")})
+  config = tiny_config(
+    data_dir, **kinetics, **{"init.kinetics_i3d": str(tmp_path / "i3d_baseline.pkl")}
+  )
   train.train_and_evaluate(config, str(first))
   meta = train.checkpoint_lib.latest_meta(first / "checkpoints")
   assert meta["normalization"] == "kinetics"
   (tmp_path / "i3d_baseline.pkl").unlink()  # eval needs the checkpoint only
-  _, setup, _ = train._restore_for_eval(tiny_config(data_dir, **kinetics, mode="eval"),
-                                        str(first))
+  _, setup, _ = train._restore_for_eval(tiny_config(data_dir, **kinetics, mode="eval"), str(first))
   assert setup.normalization == "kinetics"
-  with pytest.raises(ValueError, match=r"config.model.stem_pool_padding is 1, but the "
-                                       r"checkpoint in .* was trained with 0"):
-    train.evaluate_checkpoint(tiny_config(data_dir, **{**kinetics, "model.stem_pool_padding": 1},
-                                          mode="eval"), str(first))
+  with pytest.raises(
+    ValueError,
+    match=r"config.model.stem_pool_padding is 1, but the "
+    r"checkpoint in .* was trained with 0",
+  ):
+    train.evaluate_checkpoint(
+      tiny_config(data_dir, **{**kinetics, "model.stem_pool_padding": 1}, mode="eval"), str(first)
+    )
 
   finetune = {**kinetics, "init.checkpoint": str(first / "checkpoints")}
   train.train_and_evaluate(tiny_config(data_dir, **finetune), str(tmp_path / "finetuned"))
   meta = train.checkpoint_lib.latest_meta(tmp_path / "finetuned" / "checkpoints")
   assert meta["normalization"] == "kinetics"
   with pytest.raises(ValueError, match=r"config.model.stem_pool_padding is 1"):
-    train.train_and_evaluate(tiny_config(data_dir, **{**finetune, "model.stem_pool_padding": 1}),
-                             str(tmp_path / "refused"))
+    train.train_and_evaluate(
+      tiny_config(data_dir, **{**finetune, "model.stem_pool_padding": 1}), str(tmp_path / "refused")
+    )
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
-  config = tiny_config(data_dir, **{"optim.base_lr": 1e30, "optim.total_epochs": 2,
-                                    "optim.decay_start_epoch": 1})
+  config = tiny_config(
+    data_dir, **{"optim.base_lr": 1e30, "optim.total_epochs": 2, "optim.decay_start_epoch": 1}
+  )
   with pytest.raises(FloatingPointError, match=r"at step \d+"):
     train.train_and_evaluate(config, str(tmp_path / "nan"))

@@ -11,20 +11,20 @@ from reid_jax.data.normalize import NORMALIZATIONS, normalize_clips
 from reid_jax.data.sampling import steps_per_epoch
 from reid_jax.data.tracklets import TrackletTable
 
-_PIPELINE_EXPORTS = ('make_train_iterator', 'make_eval_iterator', 'train_info')
+_PIPELINE_EXPORTS = ("make_train_iterator", "make_eval_iterator", "train_info")
 
 __all__ = [
-    'NORMALIZATIONS',
-    'TrackletTable',
-    'normalize_clips',
-    'steps_per_epoch',
-    *_PIPELINE_EXPORTS,
+  "NORMALIZATIONS",
+  "TrackletTable",
+  "normalize_clips",
+  "steps_per_epoch",
+  *_PIPELINE_EXPORTS,
 ]
 
 
 def __getattr__(name):
-    if name in _PIPELINE_EXPORTS:
-        from reid_jax.data import pipeline
+  if name in _PIPELINE_EXPORTS:
+    from reid_jax.data import pipeline
 
-        return getattr(pipeline, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    return getattr(pipeline, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

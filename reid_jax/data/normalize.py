@@ -16,23 +16,25 @@ evaluation, extraction and fine-tuning read it from there, never from the comman
 import numpy as np
 
 NORMALIZATIONS = {
-    'imagenet': (np.array([0.485, 0.456, 0.406], np.float32),
-                 np.array([0.229, 0.224, 0.225], np.float32)),
-    'kinetics': (np.full(3, 0.45, np.float32), np.full(3, 0.225, np.float32)),
+  "imagenet": (
+    np.array([0.485, 0.456, 0.406], np.float32),
+    np.array([0.229, 0.224, 0.225], np.float32),
+  ),
+  "kinetics": (np.full(3, 0.45, np.float32), np.full(3, 0.225, np.float32)),
 }
 
 
 def normalize_clips(clips, normalization: str):
-    """`(clips / 255 - mean) / std` as float32, channels last, with the named statistics.
+  """`(clips / 255 - mean) / std` as float32, channels last, with the named statistics.
 
-    Works on numpy arrays, jax arrays and tracers alike (numpy constants broadcast into either).
+  Works on numpy arrays, jax arrays and tracers alike (numpy constants broadcast into either).
 
-    Args:
-        clips: uint8 `[..., 3]` RGB, e.g. `[B, T, H, W, 3]`.
-        normalization: a key of `NORMALIZATIONS`.
-    """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f'unknown normalization {normalization!r}; one of {sorted(NORMALIZATIONS)}')
-    mean, std = NORMALIZATIONS[normalization]
-    # Folded into one multiply-add.
-    return clips.astype(np.float32) * (1.0 / (255.0 * std)) - mean / std
+  Args:
+      clips: uint8 `[..., 3]` RGB, e.g. `[B, T, H, W, 3]`.
+      normalization: a key of `NORMALIZATIONS`.
+  """
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"unknown normalization {normalization!r}; one of {sorted(NORMALIZATIONS)}")
+  mean, std = NORMALIZATIONS[normalization]
+  # Folded into one multiply-add.
+  return clips.astype(np.float32) * (1.0 / (255.0 * std)) - mean / std

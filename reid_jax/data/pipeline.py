@@ -34,133 +34,135 @@ from reid_jax.data import tracklets as tracklets_lib
 
 # tf.data only decodes JPEGs here; keep TensorFlow off any GPU so that JAX owns its memory.
 try:
-    tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], "GPU")
 except RuntimeError:  # TensorFlow already initialised by the caller: its devices are its choice
-    pass
+  pass
 
 TrackletTable = tracklets_lib.TrackletTable
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    if process_index is None or process_count is None:
-        import jax
+  if process_index is None or process_count is None:
+    import jax
 
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f'process_index {process_index} not in [0, {process_count})')
-    return process_index, process_count
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return process_index, process_count
 
 
 def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
-    if global_batch % process_count:
-        raise ValueError(
-            f'global batch {global_batch} is not divisible by {process_count} processes'
-        )
-    local = global_batch // process_count
-    return slice(process_index * local, (process_index + 1) * local)
+  if global_batch % process_count:
+    raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+  local = global_batch // process_count
+  return slice(process_index * local, (process_index + 1) * local)
 
 
 def _training_pool(index: dict[str, np.ndarray], split_index: int) -> np.ndarray:
-    """Rows of the train index used for training (iLIDS-VID / PRID2011: that split's people)."""
-    splits = index['person_split_role']
-    if not splits.shape[1]:
-        return np.arange(len(index['pids']))
-    if not 0 <= split_index < splits.shape[1]:
-        raise ValueError(f'split_index {split_index} not in [0, {splits.shape[1]})')
-    return np.flatnonzero(splits[:, split_index] == 0)
+  """Rows of the train index used for training (iLIDS-VID / PRID2011: that split's people)."""
+  splits = index["person_split_role"]
+  if not splits.shape[1]:
+    return np.arange(len(index["pids"]))
+  if not 0 <= split_index < splits.shape[1]:
+    raise ValueError(f"split_index {split_index} not in [0, {splits.shape[1]})")
+  return np.flatnonzero(splits[:, split_index] == 0)
 
 
 def train_info(data_dir: str, dataset: str, *, split_index: int = 0) -> dict[str, int]:
-    """`num_classes`, `num_tracklets`, `num_identities` of the training pool.
+  """`num_classes`, `num_tracklets`, `num_identities` of the training pool.
 
-    `split_index` selects the person split for iLIDS-VID and PRID2011 (ignored otherwise).
-    """
-    index = tracklets_lib.load_index(data_dir, dataset, 'train')
-    rows = _training_pool(index, split_index)
-    num_ids = len(np.unique(index['pids'][rows]))
-    return dict(num_classes=num_ids, num_tracklets=len(rows), num_identities=num_ids)
+  `split_index` selects the person split for iLIDS-VID and PRID2011 (ignored otherwise).
+  """
+  index = tracklets_lib.load_index(data_dir, dataset, "train")
+  rows = _training_pool(index, split_index)
+  num_ids = len(np.unique(index["pids"][rows]))
+  return dict(num_classes=num_ids, num_tracklets=len(rows), num_identities=num_ids)
 
 
 def _resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """Bilinear resize to uint8 `height x width`; frames already that size are passed through."""
-    shape = tf.shape(image)
+  """Bilinear resize to uint8 `height x width`; frames already that size are passed through."""
+  shape = tf.shape(image)
 
-    def resize():
-        # Bilinear output lies within the input range, so +0.5 and truncation round it.
-        return tf.cast(tf.image.resize(image, [height, width]) + 0.5, tf.uint8)
+  def resize():
+    # Bilinear output lies within the input range, so +0.5 and truncation round it.
+    return tf.cast(tf.image.resize(image, [height, width]) + 0.5, tf.uint8)
 
-    return tf.cond((shape[0] == height) & (shape[1] == width), lambda: image, resize)
+  return tf.cond((shape[0] == height) & (shape[1] == width), lambda: image, resize)
 
 
 def _crop_windows(jpegs, offset, height, width, up_height, up_width) -> tf.Tensor:
-    """`[T, 4]` windows `[y, x, h, w]` in each source frame of the `height x width` crop at
-    `offset` in the frame scaled to `up_height x up_width`, rounded to whole source pixels."""
-    # Computed for all frames at once: per-frame arithmetic would cost more in op dispatch than
-    # in arithmetic.
-    source = tf.cast(tf.stack([tf.io.extract_jpeg_shape(j)[:2] for j in jpegs]), tf.float32)
-    scale = source / tf.constant([up_height, up_width], tf.float32)
-    size = tf.minimum(tf.round(tf.constant([height, width], tf.float32) * scale), source)
-    start = tf.minimum(tf.round(tf.cast(offset, tf.float32) * scale), source - size)
-    return tf.cast(tf.concat([start, size], 1), tf.int32)
+  """`[T, 4]` windows `[y, x, h, w]` in each source frame of the `height x width` crop at
+  `offset` in the frame scaled to `up_height x up_width`, rounded to whole source pixels."""
+  # Computed for all frames at once: per-frame arithmetic would cost more in op dispatch than
+  # in arithmetic.
+  source = tf.cast(tf.stack([tf.io.extract_jpeg_shape(j)[:2] for j in jpegs]), tf.float32)
+  scale = source / tf.constant([up_height, up_width], tf.float32)
+  size = tf.minimum(tf.round(tf.constant([height, width], tf.float32) * scale), source)
+  start = tf.minimum(tf.round(tf.cast(offset, tf.float32) * scale), source - size)
+  return tf.cast(tf.concat([start, size], 1), tf.int32)
 
 
 def _train_clip_fn(num_frames: int, height: int, width: int):
-    up_height, up_width = sampling.upscaled_size(height, width)
+  up_height, up_width = sampling.upscaled_size(height, width)
 
-    def clip_fn(row):
-        jpegs = [row['frames'][t] for t in range(num_frames)]
-        windows = _crop_windows(jpegs, row['crops'], height, width, up_height, up_width)
-        clip = tf.stack([
-            _resize(tf.io.decode_and_crop_jpeg(jpeg, windows[t], channels=3), height, width)
-            for t, jpeg in enumerate(jpegs)
-        ])
-        clip = tf.cond(row['flips'], lambda: tf.reverse(clip, axis=[2]), lambda: clip)
-        return dict(clips=clip, labels=row['labels'], camids=row['camids'])
+  def clip_fn(row):
+    jpegs = [row["frames"][t] for t in range(num_frames)]
+    windows = _crop_windows(jpegs, row["crops"], height, width, up_height, up_width)
+    clip = tf.stack(
+      [
+        _resize(tf.io.decode_and_crop_jpeg(jpeg, windows[t], channels=3), height, width)
+        for t, jpeg in enumerate(jpegs)
+      ]
+    )
+    clip = tf.cond(row["flips"], lambda: tf.reverse(clip, axis=[2]), lambda: clip)
+    return dict(clips=clip, labels=row["labels"], camids=row["camids"])
 
-    return clip_fn
+  return clip_fn
 
 
 def _eval_clip_fn(num_frames: int, height: int, width: int):
-    def clip_fn(row):
-        frames = [_resize(tf.io.decode_jpeg(row['frames'][t], channels=3), height, width)
-                  for t in range(num_frames)]
-        return dict(
-            clips=tf.stack(frames),
-            frame_mask=row['frame_mask'],
-            tracklet=row['tracklet'],
-            valid=row['valid'],
-        )
+  def clip_fn(row):
+    frames = [
+      _resize(tf.io.decode_jpeg(row["frames"][t], channels=3), height, width)
+      for t in range(num_frames)
+    ]
+    return dict(
+      clips=tf.stack(frames),
+      frame_mask=row["frame_mask"],
+      tracklet=row["tracklet"],
+      valid=row["valid"],
+    )
 
-    return clip_fn
+  return clip_fn
 
 
 class NumpyBatches:
-    """Iterator of dicts of numpy arrays over a tf.data pipeline fed by a Python generator.
+  """Iterator of dicts of numpy arrays over a tf.data pipeline fed by a Python generator.
 
-    `close()` stops the pipeline and frees its threads and buffers. Open iterators are closed at
-    interpreter exit: tf.data threads still calling into the generator while Python shuts down
-    can deadlock the exit (seen here with a live training iterator: the process printed its
-    results and never exited).
-    """
+  `close()` stops the pipeline and frees its threads and buffers. Open iterators are closed at
+  interpreter exit: tf.data threads still calling into the generator while Python shuts down
+  can deadlock the exit (seen here with a live training iterator: the process printed its
+  results and never exited).
+  """
 
-    def __init__(self, ds: tf.data.Dataset, stop: threading.Event):
-        self._iterator = iter(ds)
-        self._stop = stop
-        _OPEN_ITERATORS.add(self)
+  def __init__(self, ds: tf.data.Dataset, stop: threading.Event):
+    self._iterator = iter(ds)
+    self._stop = stop
+    _OPEN_ITERATORS.add(self)
 
-    def __iter__(self) -> NumpyBatches:
-        return self
+  def __iter__(self) -> NumpyBatches:
+    return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._iterator is None:
-            raise StopIteration
-        return {k: v.numpy() for k, v in next(self._iterator).items()}
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._iterator is None:
+      raise StopIteration
+    return {k: v.numpy() for k, v in next(self._iterator).items()}
 
-    def close(self) -> None:
-        """Stops the pipeline; later `next` calls raise StopIteration."""
-        self._stop.set()
-        self._iterator = None
+  def close(self) -> None:
+    """Stops the pipeline; later `next` calls raise StopIteration."""
+    self._stop.set()
+    self._iterator = None
 
 
 _OPEN_ITERATORS: weakref.WeakSet[NumpyBatches] = weakref.WeakSet()
@@ -168,160 +170,164 @@ _OPEN_ITERATORS: weakref.WeakSet[NumpyBatches] = weakref.WeakSet()
 
 @atexit.register
 def _close_open_iterators() -> None:
-    for iterator in list(_OPEN_ITERATORS):
-        iterator.close()
+  for iterator in list(_OPEN_ITERATORS):
+    iterator.close()
 
 
 def _pipeline(batches, signature: dict, clip_fn, local_batch: int) -> NumpyBatches:
-    """Decodes each row of each generated batch in parallel, keeping order and batch bounds."""
-    stop = threading.Event()
+  """Decodes each row of each generated batch in parallel, keeping order and batch bounds."""
+  stop = threading.Event()
 
-    def stoppable_batches():
-        for batch in batches():
-            if stop.is_set():
-                return
-            yield batch
+  def stoppable_batches():
+    for batch in batches():
+      if stop.is_set():
+        return
+      yield batch
 
-    ds = tf.data.Dataset.from_generator(stoppable_batches, output_signature=signature)
-    ds = ds.unbatch()
-    ds = ds.map(clip_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    # Parallelism comes from decoding many clips at once; splitting one resize over threads
-    # only adds synchronisation (about 15% more clips per CPU-second measured here).
-    options.threading.max_intra_op_parallelism = 1
-    return NumpyBatches(ds.with_options(options), stop)
+  ds = tf.data.Dataset.from_generator(stoppable_batches, output_signature=signature)
+  ds = ds.unbatch()
+  ds = ds.map(clip_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  # Parallelism comes from decoding many clips at once; splitting one resize over threads
+  # only adds synchronisation (about 15% more clips per CPU-second measured here).
+  options.threading.max_intra_op_parallelism = 1
+  return NumpyBatches(ds.with_options(options), stop)
 
 
 def make_train_iterator(
-    data_dir: str,
-    dataset: str,
-    *,
-    P: int,
-    K: int,
-    num_frames: int = 8,
-    stride: int = 8,
-    height: int = 256,
-    width: int = 128,
-    seed: int = 0,
-    start_step: int = 0,
-    split_index: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
+  data_dir: str,
+  dataset: str,
+  *,
+  P: int,
+  K: int,
+  num_frames: int = 8,
+  stride: int = 8,
+  height: int = 256,
+  width: int = 128,
+  seed: int = 0,
+  start_step: int = 0,
+  split_index: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
 ) -> NumpyBatches:
-    """Endless identity-balanced training batches for this process, from global step `start_step`.
+  """Endless identity-balanced training batches for this process, from global step `start_step`.
 
-    The global batch of step s (P identities x K tracklets, see `sampling`) is a pure function of
-    `(seed, s)`: the same on any number of processes, and resuming at s replays nothing. Process
-    i yields rows `[i * B_local, (i + 1) * B_local)` of it, `B_local = P * K / process_count`.
+  The global batch of step s (P identities x K tracklets, see `sampling`) is a pure function of
+  `(seed, s)`: the same on any number of processes, and resuming at s replays nothing. Process
+  i yields rows `[i * B_local, (i + 1) * B_local)` of it, `B_local = P * K / process_count`.
 
-    Args:
-        data_dir: where `python -m data_prep.build` wrote the dataset.
-        dataset: mars, ilidsvid, prid2011 or duke.
-        P, K: identities per batch and tracklets per identity.
-        num_frames, stride: T frames every `stride` frames per clip.
-        height, width: clip frame size (crops of the frames scaled up by 1/8).
-        seed: sampling and augmentation seed.
-        start_step: global step of the first batch.
-        split_index: person split (iLIDS-VID, PRID2011) whose train people are used.
-        process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
+  Args:
+      data_dir: where `python -m data_prep.build` wrote the dataset.
+      dataset: mars, ilidsvid, prid2011 or duke.
+      P, K: identities per batch and tracklets per identity.
+      num_frames, stride: T frames every `stride` frames per clip.
+      height, width: clip frame size (crops of the frames scaled up by 1/8).
+      seed: sampling and augmentation seed.
+      start_step: global step of the first batch.
+      split_index: person split (iLIDS-VID, PRID2011) whose train people are used.
+      process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
 
-    Yields:
-        `clips uint8 [B_local, T, H, W, 3]`, `labels int32 [B_local]` (0..num_classes-1, in
-        order of pid), `camids int32 [B_local]`.
-    """
-    process_index, process_count = _process(process_index, process_count)
-    rows = _local_rows(P * K, process_index, process_count)
-    index = tracklets_lib.load_index(data_dir, dataset, 'train')
-    pool = _training_pool(index, split_index)
-    pids = index['pids'][pool]
-    labels = np.unique(pids, return_inverse=True)[1]
-    up_height, up_width = sampling.upscaled_size(height, width)
-    sampler = sampling.TrainSampler(
-        identity_tracklets=tuple(np.flatnonzero(labels == c) for c in range(labels.max() + 1)),
-        num_frames=np.diff(index['frame_start'])[pool],
-        P=P, K=K, T=num_frames, stride=stride, seed=seed,
-        crop_range=(up_height - height, up_width - width),
-    )
-    first_frame = index['frame_start'][pool]
-    camids = index['camids'][pool].astype(np.int32)
-    reader = tracklets_lib.FrameReader(data_dir, dataset, index)
+  Yields:
+      `clips uint8 [B_local, T, H, W, 3]`, `labels int32 [B_local]` (0..num_classes-1, in
+      order of pid), `camids int32 [B_local]`.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  rows = _local_rows(P * K, process_index, process_count)
+  index = tracklets_lib.load_index(data_dir, dataset, "train")
+  pool = _training_pool(index, split_index)
+  pids = index["pids"][pool]
+  labels = np.unique(pids, return_inverse=True)[1]
+  up_height, up_width = sampling.upscaled_size(height, width)
+  sampler = sampling.TrainSampler(
+    identity_tracklets=tuple(np.flatnonzero(labels == c) for c in range(labels.max() + 1)),
+    num_frames=np.diff(index["frame_start"])[pool],
+    P=P,
+    K=K,
+    T=num_frames,
+    stride=stride,
+    seed=seed,
+    crop_range=(up_height - height, up_width - width),
+  )
+  first_frame = index["frame_start"][pool]
+  camids = index["camids"][pool].astype(np.int32)
+  reader = tracklets_lib.FrameReader(data_dir, dataset, index)
 
-    def batches():
-        for step in itertools.count(start_step):
-            batch = {k: v[rows] for k, v in sampler.batch(step).items()}
-            tracklets = batch['tracklets']
-            yield dict(
-                frames=reader(first_frame[tracklets][:, None] + batch['positions']),
-                crops=batch['crops'],
-                flips=batch['flips'],
-                labels=batch['labels'],
-                camids=camids[tracklets],
-            )
+  def batches():
+    for step in itertools.count(start_step):
+      batch = {k: v[rows] for k, v in sampler.batch(step).items()}
+      tracklets = batch["tracklets"]
+      yield dict(
+        frames=reader(first_frame[tracklets][:, None] + batch["positions"]),
+        crops=batch["crops"],
+        flips=batch["flips"],
+        labels=batch["labels"],
+        camids=camids[tracklets],
+      )
 
-    local = rows.stop - rows.start
-    signature = dict(
-        frames=tf.TensorSpec([local, num_frames], tf.string),
-        crops=tf.TensorSpec([local, 2], tf.int32),
-        flips=tf.TensorSpec([local], tf.bool),
-        labels=tf.TensorSpec([local], tf.int32),
-        camids=tf.TensorSpec([local], tf.int32),
-    )
-    return _pipeline(batches, signature, _train_clip_fn(num_frames, height, width), local)
+  local = rows.stop - rows.start
+  signature = dict(
+    frames=tf.TensorSpec([local, num_frames], tf.string),
+    crops=tf.TensorSpec([local, 2], tf.int32),
+    flips=tf.TensorSpec([local], tf.bool),
+    labels=tf.TensorSpec([local], tf.int32),
+    camids=tf.TensorSpec([local], tf.int32),
+  )
+  return _pipeline(batches, signature, _train_clip_fn(num_frames, height, width), local)
 
 
 def make_eval_iterator(
-    data_dir: str,
-    dataset: str,
-    *,
-    batch_size: int,
-    num_frames: int = 8,
-    height: int = 256,
-    width: int = 128,
-    split_index: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
+  data_dir: str,
+  dataset: str,
+  *,
+  batch_size: int,
+  num_frames: int = 8,
+  height: int = 256,
+  width: int = 128,
+  split_index: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
 ) -> tuple[NumpyBatches, TrackletTable]:
-    """Every frame of every evaluation tracklet, in chunks of `num_frames` (see `eval_chunks`).
+  """Every frame of every evaluation tracklet, in chunks of `num_frames` (see `eval_chunks`).
 
-    `batch_size` is the global number of chunks per step; every process yields the same number
-    of batches of `batch_size / process_count` rows (process i: rows `[i * b, (i + 1) * b)` of
-    each global batch). Frames are resized to `height x width`, no crop or flip.
+  `batch_size` is the global number of chunks per step; every process yields the same number
+  of batches of `batch_size / process_count` rows (process i: rows `[i * b, (i + 1) * b)` of
+  each global batch). Frames are resized to `height x width`, no crop or flip.
 
-    The eval set is MARS: all test tracklets; Duke: query then gallery; iLIDS-VID and PRID2011:
-    all tracklets of both cameras, the same for every split (`TrackletTable.person_split_role`
-    says who is a test person where); `split_index` is only checked to name one of those splits.
+  The eval set is MARS: all test tracklets; Duke: query then gallery; iLIDS-VID and PRID2011:
+  all tracklets of both cameras, the same for every split (`TrackletTable.person_split_role`
+  says who is a test person where); `split_index` is only checked to name one of those splits.
 
-    Returns:
-        The iterator of `clips uint8 [b, T, H, W, 3]`, `frame_mask bool [b, T]`, `tracklet int32
-        [b]` (row in the table, -1 for padding) and `valid bool [b]`; and the TrackletTable.
-    """
-    process_index, process_count = _process(process_index, process_count)
-    rows = _local_rows(batch_size, process_index, process_count)
-    index = tracklets_lib.load_index(data_dir, dataset, 'eval')
-    table = tracklets_lib.tracklet_table(index)
-    if table.person_split_role is not None:
-        _training_pool(index, split_index)  # validates split_index
-    chunks = sampling.eval_chunks(table.num_frames, num_frames, batch_size)
-    frames = index['frame_start'][np.maximum(chunks['tracklet'], 0)][:, None] + chunks['positions']
-    reader = tracklets_lib.FrameReader(data_dir, dataset, index)
+  Returns:
+      The iterator of `clips uint8 [b, T, H, W, 3]`, `frame_mask bool [b, T]`, `tracklet int32
+      [b]` (row in the table, -1 for padding) and `valid bool [b]`; and the TrackletTable.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  rows = _local_rows(batch_size, process_index, process_count)
+  index = tracklets_lib.load_index(data_dir, dataset, "eval")
+  table = tracklets_lib.tracklet_table(index)
+  if table.person_split_role is not None:
+    _training_pool(index, split_index)  # validates split_index
+  chunks = sampling.eval_chunks(table.num_frames, num_frames, batch_size)
+  frames = index["frame_start"][np.maximum(chunks["tracklet"], 0)][:, None] + chunks["positions"]
+  reader = tracklets_lib.FrameReader(data_dir, dataset, index)
 
-    def batches():
-        for start in range(0, len(frames), batch_size):
-            step_rows = slice(start + rows.start, start + rows.stop)
-            yield dict(
-                frames=reader(frames[step_rows]),
-                frame_mask=chunks['frame_mask'][step_rows],
-                tracklet=chunks['tracklet'][step_rows],
-                valid=chunks['valid'][step_rows],
-            )
+  def batches():
+    for start in range(0, len(frames), batch_size):
+      step_rows = slice(start + rows.start, start + rows.stop)
+      yield dict(
+        frames=reader(frames[step_rows]),
+        frame_mask=chunks["frame_mask"][step_rows],
+        tracklet=chunks["tracklet"][step_rows],
+        valid=chunks["valid"][step_rows],
+      )
 
-    local = rows.stop - rows.start
-    signature = dict(
-        frames=tf.TensorSpec([local, num_frames], tf.string),
-        frame_mask=tf.TensorSpec([local, num_frames], tf.bool),
-        tracklet=tf.TensorSpec([local], tf.int32),
-        valid=tf.TensorSpec([local], tf.bool),
-    )
-    return _pipeline(batches, signature, _eval_clip_fn(num_frames, height, width), local), table
+  local = rows.stop - rows.start
+  signature = dict(
+    frames=tf.TensorSpec([local, num_frames], tf.string),
+    frame_mask=tf.TensorSpec([local, num_frames], tf.bool),
+    tracklet=tf.TensorSpec([local], tf.int32),
+    valid=tf.TensorSpec([local], tf.bool),
+  )
+  return _pipeline(batches, signature, _eval_clip_fn(num_frames, height, width), local), table

@@ -31,101 +31,104 @@ UPSCALE = 1.125
 
 
 def steps_per_epoch(num_identities: int, P: int) -> int:
-    """Steps of one epoch: `ceil(num_identities / P)`, every identity at least once per epoch."""
-    if not 0 < P <= num_identities:
-        raise ValueError(f'need 0 < P <= number of identities ({num_identities}), got P={P}')
-    return math.ceil(num_identities / P)
+  """Steps of one epoch: `ceil(num_identities / P)`, every identity at least once per epoch."""
+  if not 0 < P <= num_identities:
+    raise ValueError(f"need 0 < P <= number of identities ({num_identities}), got P={P}")
+  return math.ceil(num_identities / P)
 
 
 def upscaled_size(height: int, width: int) -> tuple[int, int]:
-    """The size training crops of `height` x `width` are taken from."""
-    return round(height * UPSCALE), round(width * UPSCALE)
+  """The size training crops of `height` x `width` are taken from."""
+  return round(height * UPSCALE), round(width * UPSCALE)
 
 
 def clip_positions(length: int, T: int, stride: int, rng: np.random.Generator) -> np.ndarray:
-    """T frame positions in `[0, length)` for one training clip (see the module docstring)."""
-    if length < T:
-        return np.arange(T) * length // T
-    stride = min(stride, (length - 1) // (T - 1)) if T > 1 else 1
-    span = stride * (T - 1) + 1
-    return int(rng.integers(0, length - span + 1)) + stride * np.arange(T)
+  """T frame positions in `[0, length)` for one training clip (see the module docstring)."""
+  if length < T:
+    return np.arange(T) * length // T
+  stride = min(stride, (length - 1) // (T - 1)) if T > 1 else 1
+  span = stride * (T - 1) + 1
+  return int(rng.integers(0, length - span + 1)) + stride * np.arange(T)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSampler:
-    """The P x K sampler over one training pool.
+  """The P x K sampler over one training pool.
 
-    Attributes:
-        identity_tracklets: per label (0..C-1) the rows of its tracklets.
-        num_frames: `[N]` length of each row's tracklet.
-    """
+  Attributes:
+      identity_tracklets: per label (0..C-1) the rows of its tracklets.
+      num_frames: `[N]` length of each row's tracklet.
+  """
 
-    identity_tracklets: tuple[np.ndarray, ...]
-    num_frames: np.ndarray
-    P: int
-    K: int
-    T: int
-    stride: int
-    seed: int
-    crop_range: tuple[int, int]  # (max vertical, max horizontal) crop offset
+  identity_tracklets: tuple[np.ndarray, ...]
+  num_frames: np.ndarray
+  P: int
+  K: int
+  T: int
+  stride: int
+  seed: int
+  crop_range: tuple[int, int]  # (max vertical, max horizontal) crop offset
 
-    def __post_init__(self):
-        steps_per_epoch(len(self.identity_tracklets), self.P)  # validates P
+  def __post_init__(self):
+    steps_per_epoch(len(self.identity_tracklets), self.P)  # validates P
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """The global batch of `step`: `tracklets [P*K]`, `labels [P*K]`, `positions [P*K, T]`,
-        `crops [P*K, 2]` (offsets in the upscaled image), `flips [P*K]`."""
-        num_ids = len(self.identity_tracklets)
-        epoch, j = divmod(step, steps_per_epoch(num_ids, self.P))
-        order = np.random.default_rng([self.seed, 0, epoch]).permutation(num_ids)
-        labels = order[(j * self.P + np.arange(self.P)) % num_ids]
-        rng = np.random.default_rng([self.seed, 1, step])
-        tracklets = []
-        for label in labels:
-            own = self.identity_tracklets[label]
-            tracklets.append(rng.choice(own, self.K, replace=len(own) < self.K))
-        tracklets = np.concatenate(tracklets)
-        positions = np.stack(
-            [clip_positions(self.num_frames[t], self.T, self.stride, rng) for t in tracklets]
-        )
-        batch = len(tracklets)
-        return dict(
-            tracklets=tracklets,
-            labels=np.repeat(labels, self.K).astype(np.int32),
-            positions=positions,
-            crops=np.stack(
-                [rng.integers(0, self.crop_range[0] + 1, batch),
-                 rng.integers(0, self.crop_range[1] + 1, batch)], axis=1
-            ).astype(np.int32),
-            flips=rng.random(batch) < 0.5,
-        )
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """The global batch of `step`: `tracklets [P*K]`, `labels [P*K]`, `positions [P*K, T]`,
+    `crops [P*K, 2]` (offsets in the upscaled image), `flips [P*K]`."""
+    num_ids = len(self.identity_tracklets)
+    epoch, j = divmod(step, steps_per_epoch(num_ids, self.P))
+    order = np.random.default_rng([self.seed, 0, epoch]).permutation(num_ids)
+    labels = order[(j * self.P + np.arange(self.P)) % num_ids]
+    rng = np.random.default_rng([self.seed, 1, step])
+    tracklets = []
+    for label in labels:
+      own = self.identity_tracklets[label]
+      tracklets.append(rng.choice(own, self.K, replace=len(own) < self.K))
+    tracklets = np.concatenate(tracklets)
+    positions = np.stack(
+      [clip_positions(self.num_frames[t], self.T, self.stride, rng) for t in tracklets]
+    )
+    batch = len(tracklets)
+    return dict(
+      tracklets=tracklets,
+      labels=np.repeat(labels, self.K).astype(np.int32),
+      positions=positions,
+      crops=np.stack(
+        [
+          rng.integers(0, self.crop_range[0] + 1, batch),
+          rng.integers(0, self.crop_range[1] + 1, batch),
+        ],
+        axis=1,
+      ).astype(np.int32),
+      flips=rng.random(batch) < 0.5,
+    )
 
 
 def eval_chunks(num_frames: np.ndarray, T: int, batch_size: int) -> dict[str, np.ndarray]:
-    """Every frame of every tracklet in consecutive chunks of T, padded to whole batches.
+  """Every frame of every tracklet in consecutive chunks of T, padded to whole batches.
 
-    The last chunk of a tracklet with r < T real frames repeats them cyclically (its own frames,
-    so no other tracklet leaks in) and marks only the r real ones in `frame_mask`. Chunks go
-    tracklet after tracklet, so one batch mixes chunks of many tracklets and memory never grows
-    with tracklet length. Padding rows at the end (`tracklet` -1, `valid` False, no real frames)
-    repeat chunk 0 so they decode like any other row.
+  The last chunk of a tracklet with r < T real frames repeats them cyclically (its own frames,
+  so no other tracklet leaks in) and marks only the r real ones in `frame_mask`. Chunks go
+  tracklet after tracklet, so one batch mixes chunks of many tracklets and memory never grows
+  with tracklet length. Padding rows at the end (`tracklet` -1, `valid` False, no real frames)
+  repeat chunk 0 so they decode like any other row.
 
-    Returns:
-        `tracklet [C]` (row of the table, -1 for padding), `positions [C, T]` (frame positions in
-        the tracklet), `frame_mask [C, T]`, `valid [C]`, with C a multiple of `batch_size`.
-    """
-    chunks_per_tracklet = -(-num_frames // T)
-    tracklet = np.repeat(np.arange(len(num_frames)), chunks_per_tracklet)
-    first_chunk = np.cumsum(chunks_per_tracklet) - chunks_per_tracklet
-    start = (np.arange(len(tracklet)) - first_chunk[tracklet]) * T
-    real = np.minimum(num_frames[tracklet] - start, T)
-    positions = start[:, None] + np.arange(T)[None, :] % real[:, None]
-    frame_mask = np.arange(T)[None, :] < real[:, None]
-    padding = -len(tracklet) % batch_size
-    valid = np.arange(len(tracklet) + padding) < len(tracklet)
-    return dict(
-        tracklet=np.where(valid, np.pad(tracklet, (0, padding)), -1).astype(np.int32),
-        positions=np.concatenate([positions, np.repeat(positions[:1], padding, 0)]),
-        frame_mask=np.concatenate([frame_mask, np.zeros((padding, T), bool)]),
-        valid=valid,
-    )
+  Returns:
+      `tracklet [C]` (row of the table, -1 for padding), `positions [C, T]` (frame positions in
+      the tracklet), `frame_mask [C, T]`, `valid [C]`, with C a multiple of `batch_size`.
+  """
+  chunks_per_tracklet = -(-num_frames // T)
+  tracklet = np.repeat(np.arange(len(num_frames)), chunks_per_tracklet)
+  first_chunk = np.cumsum(chunks_per_tracklet) - chunks_per_tracklet
+  start = (np.arange(len(tracklet)) - first_chunk[tracklet]) * T
+  real = np.minimum(num_frames[tracklet] - start, T)
+  positions = start[:, None] + np.arange(T)[None, :] % real[:, None]
+  frame_mask = np.arange(T)[None, :] < real[:, None]
+  padding = -len(tracklet) % batch_size
+  valid = np.arange(len(tracklet) + padding) < len(tracklet)
+  return dict(
+    tracklet=np.where(valid, np.pad(tracklet, (0, padding)), -1).astype(np.int32),
+    positions=np.concatenate([positions, np.repeat(positions[:1], padding, 0)]),
+    frame_mask=np.concatenate([frame_mask, np.zeros((padding, T), bool)]),
+    valid=valid,
+  )

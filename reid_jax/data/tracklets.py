@@ -21,82 +21,82 @@ ROLE_TRAIN, ROLE_QUERY, ROLE_GALLERY = 0, 1, 2
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrackletTable:
-    """Metadata of one evaluation set; row i is tracklet i of the eval iterator.
+  """Metadata of one evaluation set; row i is tracklet i of the eval iterator.
 
-    Attributes (each `[N]` unless noted):
-        pids: person ids (MARS: -1 junk, 0 distractor).
-        camids: camera ids, 1-based.
-        tracklet_ids: tracklet ids from the dataset's file names.
-        num_frames: tracklet lengths.
-        is_query: query tracklets (MARS: `query_IDX`; Duke: the query folder; iLIDS-VID and
-            PRID2011: the first camera, the query side of their protocol).
-        person_split_role: int8 `[N, 10]` for iLIDS-VID and PRID2011, per person split 0 = train
-            person, 1 = test person; None for MARS and Duke.
-    """
+  Attributes (each `[N]` unless noted):
+      pids: person ids (MARS: -1 junk, 0 distractor).
+      camids: camera ids, 1-based.
+      tracklet_ids: tracklet ids from the dataset's file names.
+      num_frames: tracklet lengths.
+      is_query: query tracklets (MARS: `query_IDX`; Duke: the query folder; iLIDS-VID and
+          PRID2011: the first camera, the query side of their protocol).
+      person_split_role: int8 `[N, 10]` for iLIDS-VID and PRID2011, per person split 0 = train
+          person, 1 = test person; None for MARS and Duke.
+  """
 
-    pids: np.ndarray
-    camids: np.ndarray
-    tracklet_ids: np.ndarray
-    num_frames: np.ndarray
-    is_query: np.ndarray
-    person_split_role: np.ndarray | None = None
+  pids: np.ndarray
+  camids: np.ndarray
+  tracklet_ids: np.ndarray
+  num_frames: np.ndarray
+  is_query: np.ndarray
+  person_split_role: np.ndarray | None = None
 
-    def __len__(self) -> int:
-        return len(self.pids)
+  def __len__(self) -> int:
+    return len(self.pids)
 
 
 def dataset_dir(data_dir: str, dataset: str) -> str:
-    """`<data_dir>/<dataset>`, checked to hold a finished build."""
-    path = os.path.join(data_dir, dataset)
-    if not os.path.exists(os.path.join(path, 'stats.json')):
-        raise FileNotFoundError(
-            f'no built dataset at {path}; build it with `python -m data_prep.build '
-            f'--dataset={dataset} --manual_dir=<download> --data_dir={data_dir}`'
-        )
-    return path
+  """`<data_dir>/<dataset>`, checked to hold a finished build."""
+  path = os.path.join(data_dir, dataset)
+  if not os.path.exists(os.path.join(path, "stats.json")):
+    raise FileNotFoundError(
+      f"no built dataset at {path}; build it with `python -m data_prep.build "
+      f"--dataset={dataset} --manual_dir=<download> --data_dir={data_dir}`"
+    )
+  return path
 
 
 def load_index(data_dir: str, dataset: str, view: str) -> dict[str, np.ndarray]:
-    """The `train` or `eval` index written by the builder (see `data_prep.build`)."""
-    with np.load(os.path.join(dataset_dir(data_dir, dataset), 'index', f'{view}.npz')) as f:
-        return dict(f)
+  """The `train` or `eval` index written by the builder (see `data_prep.build`)."""
+  with np.load(os.path.join(dataset_dir(data_dir, dataset), "index", f"{view}.npz")) as f:
+    return dict(f)
 
 
 def tracklet_table(index: dict[str, np.ndarray]) -> TrackletTable:
-    """The TrackletTable of an index."""
-    splits = index['person_split_role']
-    return TrackletTable(
-        pids=index['pids'],
-        camids=index['camids'],
-        tracklet_ids=index['tracklet_ids'],
-        num_frames=np.diff(index['frame_start']),
-        is_query=index['roles'] == ROLE_QUERY,
-        person_split_role=splits if splits.shape[1] else None,
-    )
+  """The TrackletTable of an index."""
+  splits = index["person_split_role"]
+  return TrackletTable(
+    pids=index["pids"],
+    camids=index["camids"],
+    tracklet_ids=index["tracklet_ids"],
+    num_frames=np.diff(index["frame_start"]),
+    is_query=index["roles"] == ROLE_QUERY,
+    person_split_role=splits if splits.shape[1] else None,
+  )
 
 
 class FrameReader:
-    """The encoded JPEG bytes of frames, by global frame number in an index."""
+  """The encoded JPEG bytes of frames, by global frame number in an index."""
 
-    def __init__(self, data_dir: str, dataset: str, index: dict[str, np.ndarray]):
-        root = dataset_dir(data_dir, dataset)
-        self._paths = [os.path.join(root, str(s)) for s in index['shards']]
-        self._maps: list[mmap.mmap | None] = [None] * len(self._paths)
-        self._shard = index['frame_shard']
-        self._offset = index['frame_offset']
-        self._end = index['frame_offset'] + index['frame_length']
+  def __init__(self, data_dir: str, dataset: str, index: dict[str, np.ndarray]):
+    root = dataset_dir(data_dir, dataset)
+    self._paths = [os.path.join(root, str(s)) for s in index["shards"]]
+    self._maps: list[mmap.mmap | None] = [None] * len(self._paths)
+    self._shard = index["frame_shard"]
+    self._offset = index["frame_offset"]
+    self._end = index["frame_offset"] + index["frame_length"]
 
-    def _map(self, shard: int) -> mmap.mmap:
-        # Opened on first use, so a process maps only the shards its rows touch.
-        if self._maps[shard] is None:
-            with open(self._paths[shard], 'rb') as f:
-                self._maps[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._maps[shard]
+  def _map(self, shard: int) -> mmap.mmap:
+    # Opened on first use, so a process maps only the shards its rows touch.
+    if self._maps[shard] is None:
+      with open(self._paths[shard], "rb") as f:
+        self._maps[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return self._maps[shard]
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """Object array of `bytes`, the shape of `frames` (global frame numbers)."""
-        out = np.empty(frames.shape, object)
-        flat = out.reshape(-1)
-        for i, frame in enumerate(frames.reshape(-1)):
-            flat[i] = self._map(self._shard[frame])[self._offset[frame] : self._end[frame]]
-        return out
+  def __call__(self, frames: np.ndarray) -> np.ndarray:
+    """Object array of `bytes`, the shape of `frames` (global frame numbers)."""
+    out = np.empty(frames.shape, object)
+    flat = out.reshape(-1)
+    for i, frame in enumerate(frames.reshape(-1)):
+      flat[i] = self._map(self._shard[frame])[self._offset[frame] : self._end[frame]]
+    return out

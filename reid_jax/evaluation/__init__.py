@@ -7,5 +7,14 @@ from reid_jax.evaluation.ranking import evaluate, evaluate_rank
 from reid_jax.evaluation.report import write_report
 from reid_jax.evaluation.rerank import re_ranking
 
-__all__ = ["PROTOCOLS", "evaluate", "evaluate_rank", "extract_features", "pairwise_distances",
-           "protocol_sets", "re_ranking", "run_protocol", "write_report"]
+__all__ = [
+  "PROTOCOLS",
+  "evaluate",
+  "evaluate_rank",
+  "extract_features",
+  "pairwise_distances",
+  "protocol_sets",
+  "re_ranking",
+  "run_protocol",
+  "write_report",
+]

@@ -19,25 +19,29 @@ from jax.sharding import PartitionSpec as P
 
 def _accumulate(sums, counts, features, rows):
   # Rows outside [0, N) (padding) are dropped.
-  sums = sums.at[rows].add(features.astype(jnp.float32), mode='drop')
-  return sums, counts.at[rows].add(1.0, mode='drop')
+  sums = sums.at[rows].add(features.astype(jnp.float32), mode="drop")
+  return sums, counts.at[rows].add(1.0, mode="drop")
 
 
 def _global_rows(features, rows: np.ndarray):
   """Tracklet rows laid out like `features`' batch axis (global when features are sharded)."""
-  sharding = getattr(features, 'sharding', None)
+  sharding = getattr(features, "sharding", None)
   if isinstance(sharding, NamedSharding):
     row_sharding = NamedSharding(sharding.mesh, P(sharding.spec[0] if sharding.spec else None))
     return jax.make_array_from_process_local_data(row_sharding, rows), NamedSharding(
-        sharding.mesh, P())
+      sharding.mesh, P()
+    )
   if jax.process_count() > 1:
-    raise ValueError('with several processes, feature_fn must return a global array with a '
-                     'NamedSharding (e.g. jit with out_shardings over the data mesh)')
+    raise ValueError(
+      "with several processes, feature_fn must return a global array with a "
+      "NamedSharding (e.g. jit with out_shardings over the data mesh)"
+    )
   return rows, None
 
 
-def extract_features(feature_fn: Callable, eval_iterator: Iterable[dict],
-                     num_tracklets: int) -> np.ndarray:
+def extract_features(
+  feature_fn: Callable, eval_iterator: Iterable[dict], num_tracklets: int
+) -> np.ndarray:
   """Averages chunk features per tracklet over the whole evaluation iterator.
 
   Args:
@@ -55,19 +59,23 @@ def extract_features(feature_fn: Callable, eval_iterator: Iterable[dict],
   """
   sums = counts = accumulate = None
   for batch in eval_iterator:
-    features = feature_fn(batch['clips'])
-    rows = np.where(np.asarray(batch['valid'], bool), np.asarray(batch['tracklet'], np.int32),
-                    num_tracklets).astype(np.int32)
+    features = feature_fn(batch["clips"])
+    rows = np.where(
+      np.asarray(batch["valid"], bool), np.asarray(batch["tracklet"], np.int32), num_tracklets
+    ).astype(np.int32)
     rows, replicated = _global_rows(features, rows)
     if accumulate is None:
       zeros = lambda shape: jax.device_put(jnp.zeros(shape, jnp.float32), replicated)
       sums, counts = zeros((num_tracklets, features.shape[-1])), zeros((num_tracklets,))
-      accumulate = jax.jit(_accumulate, donate_argnums=(0, 1), out_shardings=(
-          None if replicated is None else (replicated, replicated)))
+      accumulate = jax.jit(
+        _accumulate,
+        donate_argnums=(0, 1),
+        out_shardings=(None if replicated is None else (replicated, replicated)),
+      )
     sums, counts = accumulate(sums, counts, features, rows)
   if accumulate is None:
-    raise ValueError('the evaluation iterator yielded no batch')
+    raise ValueError("the evaluation iterator yielded no batch")
   counts = np.asarray(counts)
-  if (missing := int((counts == 0).sum())):
-    raise ValueError(f'{missing} of {num_tracklets} tracklets received no chunk')
+  if missing := int((counts == 0).sum()):
+    raise ValueError(f"{missing} of {num_tracklets} tracklets received no chunk")
   return np.asarray(sums) / counts[:, None]

@@ -21,8 +21,8 @@ import numpy as np
 
 from reid_jax.evaluation.ranking import evaluate
 
-PROTOCOLS = ('mars', 'mars_no_query_in_gallery', 'duke', 'ilidsvid', 'prid2011')
-SPLIT_PROTOCOLS = ('ilidsvid', 'prid2011')
+PROTOCOLS = ("mars", "mars_no_query_in_gallery", "duke", "ilidsvid", "prid2011")
+SPLIT_PROTOCOLS = ("ilidsvid", "prid2011")
 NUM_SPLITS = 10
 # Camera ids are 1-based in the TrackletTable; camera 1 (cam1 / cam_a) is the query side.
 QUERY_CAMERA = 1
@@ -33,34 +33,56 @@ def protocol_sets(name: str, table, split: int = 0) -> tuple[np.ndarray, np.ndar
   """Row indices (into the TrackletTable) of the queries and of the gallery."""
   rows = np.arange(len(table.pids))
   is_query = np.asarray(table.is_query, bool)
-  if name == 'mars':
+  if name == "mars":
     return rows[is_query], rows
-  if name in ('mars_no_query_in_gallery', 'duke'):
+  if name in ("mars_no_query_in_gallery", "duke"):
     return rows[is_query], rows[~is_query]
   if name in SPLIT_PROTOCOLS:
     if table.person_split_role is None:
-      raise ValueError(f'protocol {name!r} needs person_split_role in the table')
+      raise ValueError(f"protocol {name!r} needs person_split_role in the table")
     test = np.asarray(table.person_split_role)[:, split] == 1
     query_camera = np.asarray(table.camids) == QUERY_CAMERA
     return rows[test & query_camera], rows[test & ~query_camera]
-  raise ValueError(f'unknown protocol {name!r}; choose one of {PROTOCOLS}')
+  raise ValueError(f"unknown protocol {name!r}; choose one of {PROTOCOLS}")
 
 
 def _scores(features, table, queries, gallery, metric, rerank, max_rank) -> dict:
   pids, camids = np.asarray(table.pids), np.asarray(table.camids)
-  result = evaluate(features[queries], features[gallery], pids[queries], pids[gallery],
-                    camids[queries], camids[gallery], metric=metric, max_rank=max_rank,
-                    rerank=rerank)
-  scores = {f'rank{k}': float(result['cmc'][min(k, len(result['cmc'])) - 1])
-            for k in REPORTED_RANKS}
-  scores.update(mAP=result['mAP'], mINP=result['mINP'], cmc=result['cmc'],
-                num_queries=len(queries), num_gallery=len(gallery),
-                num_valid_queries=result['num_valid_queries'])
+  result = evaluate(
+    features[queries],
+    features[gallery],
+    pids[queries],
+    pids[gallery],
+    camids[queries],
+    camids[gallery],
+    metric=metric,
+    max_rank=max_rank,
+    rerank=rerank,
+  )
+  scores = {
+    f"rank{k}": float(result["cmc"][min(k, len(result["cmc"])) - 1]) for k in REPORTED_RANKS
+  }
+  scores.update(
+    mAP=result["mAP"],
+    mINP=result["mINP"],
+    cmc=result["cmc"],
+    num_queries=len(queries),
+    num_gallery=len(gallery),
+    num_valid_queries=result["num_valid_queries"],
+  )
   return scores
 
 
-def run_protocol(name: str, features, table, *, metric: str = 'euclidean', rerank: bool = False,
-                 max_rank: int = 50, splits=None) -> dict:
+def run_protocol(
+  name: str,
+  features,
+  table,
+  *,
+  metric: str = "euclidean",
+  rerank: bool = False,
+  max_rank: int = 50,
+  splits=None,
+) -> dict:
   """Scores features under a named protocol.
 
   Args:
@@ -82,22 +104,29 @@ def run_protocol(name: str, features, table, *, metric: str = 'euclidean', reran
     queries, gallery = protocol_sets(name, table)
     return {**header, **_scores(features, table, queries, gallery, metric, rerank, max_rank)}
 
-  per_model = not (isinstance(features, np.ndarray) or hasattr(features, 'shape'))
+  per_model = not (isinstance(features, np.ndarray) or hasattr(features, "shape"))
   splits = list(range(NUM_SPLITS) if splits is None else splits)
   if not per_model and len(splits) > 1:
-    logging.warning('%s: one model scored on %d splits; its training people are test people '
-                    'of other splits, so only its own split is a fair number', name, len(splits))
+    logging.warning(
+      "%s: one model scored on %d splits; its training people are test people "
+      "of other splits, so only its own split is a fair number",
+      name,
+      len(splits),
+    )
   per_split = []
   for s in splits:
     split_features = np.asarray(features[s] if per_model else features)
     queries, gallery = protocol_sets(name, table, s)
     per_split.append(_scores(split_features, table, queries, gallery, metric, rerank, max_rank))
-  result = {**header, 'splits': splits, 'per_split': [
-      {k: v for k, v in r.items() if k != 'cmc'} for r in per_split]}
-  for key in ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP'):
+  result = {
+    **header,
+    "splits": splits,
+    "per_split": [{k: v for k, v in r.items() if k != "cmc"} for r in per_split],
+  }
+  for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
     values = np.array([r[key] for r in per_split], np.float64)
-    result[key], result[f'{key}_std'] = float(values.mean()), float(values.std())
-  for key in ('num_queries', 'num_gallery', 'num_valid_queries'):
+    result[key], result[f"{key}_std"] = float(values.mean()), float(values.std())
+  for key in ("num_queries", "num_gallery", "num_valid_queries"):
     result[key] = float(np.mean([r[key] for r in per_split]))
-  result['cmc'] = np.mean([r['cmc'] for r in per_split], axis=0)
+  result["cmc"] = np.mean([r["cmc"] for r in per_split], axis=0)
   return result

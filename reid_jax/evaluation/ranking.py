@@ -34,8 +34,9 @@ _BYTES_PER_BLOCK_ELEMENT = 16  # f32 distances, int32 buckets and segment ids, k
 _SLOTS_PER_PASS = 8
 
 
-def block_size(num_queries: int, num_gallery: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
-               multiple_of: int = 8) -> int:
+def block_size(
+  num_queries: int, num_gallery: int, block_bytes: int = DEFAULT_BLOCK_BYTES, multiple_of: int = 8
+) -> int:
   """Queries per block so that one [block, num_gallery] block fits in `block_bytes`.
 
   Blocks are balanced (the last one is padded least) and a multiple of `multiple_of` rows.
@@ -46,18 +47,19 @@ def block_size(num_queries: int, num_gallery: int, block_bytes: int = DEFAULT_BL
   return -(-rows // multiple_of) * multiple_of
 
 
-def match_table(q_pids: np.ndarray, g_pids: np.ndarray,
-                multiple_of: int = _SLOTS_PER_PASS) -> np.ndarray:
+def match_table(
+  q_pids: np.ndarray, g_pids: np.ndarray, multiple_of: int = _SLOTS_PER_PASS
+) -> np.ndarray:
   """[Q, M] int32 gallery indices sharing the query's pid, ascending, padded with -1.
 
   Camera junk is removed later on device; queries with pid -1 get no candidates, since every
   gallery item with pid -1 is junk.
   """
   q_pids = np.asarray(q_pids)
-  order = np.argsort(g_pids, kind='stable')
+  order = np.argsort(g_pids, kind="stable")
   sorted_pids = np.asarray(g_pids)[order]
-  start = np.searchsorted(sorted_pids, q_pids, side='left')
-  count = np.searchsorted(sorted_pids, q_pids, side='right') - start
+  start = np.searchsorted(sorted_pids, q_pids, side="left")
+  count = np.searchsorted(sorted_pids, q_pids, side="right") - start
   count[q_pids == JUNK_PID] = 0
   width = -(-max(1, int(count.max(initial=0))) // multiple_of) * multiple_of
   slot = np.arange(width)
@@ -80,7 +82,8 @@ def rank_block(dist, q_pids, q_camids, match_idx, g_pids, g_camids):
   num_rows, num_gallery = dist.shape
   num_slots = match_idx.shape[1]
   keep = (g_pids[None, :] != JUNK_PID) & ~(
-      (g_pids[None, :] == q_pids[:, None]) & (g_camids[None, :] == q_camids[:, None]))
+    (g_pids[None, :] == q_pids[:, None]) & (g_camids[None, :] == q_camids[:, None])
+  )
   safe_idx = jnp.maximum(match_idx, 0)
   is_match = (match_idx >= 0) & (g_camids[safe_idx] != q_camids[:, None])
   # Unused slots sort last and never precede a gallery item (index num_gallery is past them all).
@@ -98,14 +101,19 @@ def rank_block(dist, q_pids, q_camids, match_idx, g_pids, g_camids):
     return bucket
 
   # bucket[q, g] = number of matches ranked before gallery item g.
-  bucket = jax.lax.fori_loop(0, num_slots // _SLOTS_PER_PASS, count_preceding_matches,
-                             jnp.zeros(dist.shape, jnp.int32))
+  bucket = jax.lax.fori_loop(
+    0, num_slots // _SLOTS_PER_PASS, count_preceding_matches, jnp.zeros(dist.shape, jnp.int32)
+  )
   # Histogram of kept items per bucket (junk goes to one extra, dropped segment).
   num_buckets = num_slots + 1
-  segment = jnp.where(keep, bucket + num_buckets * jnp.arange(num_rows, dtype=jnp.int32)[:, None],
-                      num_rows * num_buckets)
-  histogram = jax.ops.segment_sum(jnp.ones(segment.size, jnp.int32), segment.reshape(-1),
-                                  num_segments=num_rows * num_buckets + 1)
+  segment = jnp.where(
+    keep,
+    bucket + num_buckets * jnp.arange(num_rows, dtype=jnp.int32)[:, None],
+    num_rows * num_buckets,
+  )
+  histogram = jax.ops.segment_sum(
+    jnp.ones(segment.size, jnp.int32), segment.reshape(-1), num_segments=num_rows * num_buckets + 1
+  )
   histogram = histogram[:-1].reshape(num_rows, num_buckets)
   # Kept items in buckets 0..j are everything before the j-th match, plus the match itself.
   rank = jnp.cumsum(histogram, axis=1)[:, :num_slots] - 1  # [b, M]
@@ -116,10 +124,10 @@ def rank_block(dist, q_pids, q_camids, match_idx, g_pids, g_camids):
   last_rank = jnp.take_along_axis(rank, jnp.maximum(num_matches - 1, 0)[:, None], axis=1)[:, 0]
   denom = jnp.maximum(num_matches, 1).astype(jnp.float32)
   return dict(
-      first_rank=rank[:, 0],
-      ap=jnp.sum(precision_at_hits, axis=1) / denom,
-      inp=num_matches.astype(jnp.float32) / (last_rank + 1).astype(jnp.float32),
-      valid=num_matches > 0,
+    first_rank=rank[:, 0],
+    ap=jnp.sum(precision_at_hits, axis=1) / denom,
+    inp=num_matches.astype(jnp.float32) / (last_rank + 1).astype(jnp.float32),
+    valid=num_matches > 0,
   )
 
 
@@ -128,16 +136,16 @@ _rank_block_jit = jax.jit(rank_block)
 
 def summarize(per_query: dict, max_rank: int) -> dict:
   """Averages per-query statistics over valid queries: cmc [max_rank], mAP, mINP (float64)."""
-  valid = np.asarray(per_query['valid'], bool)
+  valid = np.asarray(per_query["valid"], bool)
   if not valid.any():
-    raise ValueError('no query has a match in the gallery')
-  first = np.asarray(per_query['first_rank'])[valid]
+    raise ValueError("no query has a match in the gallery")
+  first = np.asarray(per_query["first_rank"])[valid]
   cmc = (first[:, None] < np.arange(1, max_rank + 1)[None, :]).mean(axis=0)
   return dict(
-      cmc=cmc,
-      mAP=float(np.asarray(per_query['ap'], np.float64)[valid].mean()),
-      mINP=float(np.asarray(per_query['inp'], np.float64)[valid].mean()),
-      num_valid_queries=int(valid.sum()),
+    cmc=cmc,
+    mAP=float(np.asarray(per_query["ap"], np.float64)[valid].mean()),
+    mINP=float(np.asarray(per_query["inp"], np.float64)[valid].mean()),
+    num_valid_queries=int(valid.sum()),
   )
 
 
@@ -151,8 +159,13 @@ def _prepare(q_pids, g_pids, q_camids, g_camids, block):
   q_camids = np.asarray(q_camids, np.int32)
   padded = -(-len(q_pids) // block) * block
   matches = _pad_rows(match_table(q_pids, g_pids), padded, -1)
-  return (_pad_rows(q_pids, padded, JUNK_PID), _pad_rows(q_camids, padded, -1), matches,
-          np.asarray(g_pids, np.int32), np.asarray(g_camids, np.int32))
+  return (
+    _pad_rows(q_pids, padded, JUNK_PID),
+    _pad_rows(q_camids, padded, -1),
+    matches,
+    np.asarray(g_pids, np.int32),
+    np.asarray(g_camids, np.int32),
+  )
 
 
 def _effective_max_rank(max_rank: int, num_gallery: int) -> int:
@@ -173,14 +186,21 @@ def rank_in_blocks(distance_block, q_pids, g_pids, q_camids, g_camids, *, block:
   outputs = []
   for start in range(0, num_q, block):
     rows = slice(start, start + block)
-    stats = _rank_block_jit(distance_block(start, min(start + block, num_q)), q_pids[rows],
-                            q_camids[rows], matches[rows], g_pids, g_camids)
+    stats = _rank_block_jit(
+      distance_block(start, min(start + block, num_q)),
+      q_pids[rows],
+      q_camids[rows],
+      matches[rows],
+      g_pids,
+      g_camids,
+    )
     outputs.append(jax.device_get(stats))
   return {k: np.concatenate([o[k] for o in outputs])[:num_q] for k in outputs[0]}
 
 
-def rank_statistics_from_distances(distmat, q_pids, g_pids, q_camids, g_camids, *,
-                                   block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+def rank_statistics_from_distances(
+  distmat, q_pids, g_pids, q_camids, g_camids, *, block_bytes: int = DEFAULT_BLOCK_BYTES
+) -> dict:
   """Per-query statistics for a host distance matrix, sent to device one row block at a time."""
   num_q, num_g = np.shape(distmat)
   block = block_size(num_q, num_g, block_bytes)
@@ -188,19 +208,28 @@ def rank_statistics_from_distances(distmat, q_pids, g_pids, q_camids, g_camids, 
   return rank_in_blocks(rows, q_pids, g_pids, q_camids, g_camids, block=block)
 
 
-_pairwise_distances_jit = jax.jit(pairwise_distances, static_argnames='metric')
+_pairwise_distances_jit = jax.jit(pairwise_distances, static_argnames="metric")
 
 
-def rank_statistics_from_features(query_features, gallery_features, q_pids, g_pids, q_camids,
-                                  g_camids, *, metric: str = 'euclidean',
-                                  block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+def rank_statistics_from_features(
+  query_features,
+  gallery_features,
+  q_pids,
+  g_pids,
+  q_camids,
+  g_camids,
+  *,
+  metric: str = "euclidean",
+  block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> dict:
   """Per-query statistics; distances are computed on device one [block, G] block at a time."""
   num_q, num_g = len(query_features), len(gallery_features)
   block = block_size(num_q, num_g, block_bytes)
   gallery = jax.device_put(np.asarray(gallery_features, np.float32))
   query = np.asarray(query_features, np.float32)
-  rows = lambda start, stop: _pairwise_distances_jit(_pad_rows(query[start:stop], block, 0.0),
-                                                     gallery, metric=metric)
+  rows = lambda start, stop: _pairwise_distances_jit(
+    _pad_rows(query[start:stop], block, 0.0), gallery, metric=metric
+  )
   return rank_in_blocks(rows, q_pids, g_pids, q_camids, g_camids, block=block)
 
 
@@ -221,11 +250,22 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
   """
   stats = rank_statistics_from_distances(distmat, q_pids, g_pids, q_camids, g_camids)
   summary = summarize(stats, _effective_max_rank(max_rank, np.shape(distmat)[1]))
-  return summary['cmc'], summary['mAP']
+  return summary["cmc"], summary["mAP"]
 
 
-def evaluate(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids, *,
-             metric='euclidean', max_rank=50, rerank=False, block_bytes=DEFAULT_BLOCK_BYTES):
+def evaluate(
+  query_features,
+  gallery_features,
+  q_pids,
+  g_pids,
+  q_camids,
+  g_camids,
+  *,
+  metric="euclidean",
+  max_rank=50,
+  rerank=False,
+  block_bytes=DEFAULT_BLOCK_BYTES,
+):
   """CMC, mAP and mINP from features, with distances and ranking on device in query blocks.
 
   The full query x gallery distance matrix never exists: each block of queries gets its
@@ -245,17 +285,26 @@ def evaluate(query_features, gallery_features, q_pids, g_pids, q_camids, g_camid
          per_query=dict of [Q] arrays first_rank, ap, inp, valid).
   """
   if metric not in METRICS:
-    raise ValueError(f'unknown metric {metric!r}; use one of {METRICS}')
+    raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
   if rerank:
-    encoding = rerank_lib.encode(query_features, gallery_features, metric=metric,
-                                 block_bytes=block_bytes)
+    encoding = rerank_lib.encode(
+      query_features, gallery_features, metric=metric, block_bytes=block_bytes
+    )
     block = rerank_lib.block_rows(encoding, block_bytes)
-    stats = rank_in_blocks(rerank_lib.distance_blocks(encoding, block), q_pids, g_pids, q_camids,
-                           g_camids, block=block)
+    stats = rank_in_blocks(
+      rerank_lib.distance_blocks(encoding, block), q_pids, g_pids, q_camids, g_camids, block=block
+    )
   else:
-    stats = rank_statistics_from_features(query_features, gallery_features, q_pids, g_pids,
-                                          q_camids, g_camids, metric=metric,
-                                          block_bytes=block_bytes)
+    stats = rank_statistics_from_features(
+      query_features,
+      gallery_features,
+      q_pids,
+      g_pids,
+      q_camids,
+      g_camids,
+      metric=metric,
+      block_bytes=block_bytes,
+    )
   result = summarize(stats, _effective_max_rank(max_rank, len(gallery_features)))
-  result['per_query'] = stats
+  result["per_query"] = stats
   return result

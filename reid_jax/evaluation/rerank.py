@@ -42,7 +42,7 @@ _BYTES_PER_DISTANCE = 12
 _BYTES_PER_PAIR = 24
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'metric'))
+@functools.partial(jax.jit, static_argnames=("k", "metric"))
 def _knn_block(rows, features, *, k, metric):
   dist = pairwise_distances(rows, features, metric)
   row_max = jnp.max(dist, axis=1)
@@ -60,16 +60,17 @@ def _unique_rows(index, empty):
   """Sorts each row and turns repeated entries into `empty` (which sorts last)."""
   index = jnp.sort(index, axis=1)
   repeated = jnp.concatenate(
-      [jnp.zeros_like(index[:, :1], bool), index[:, 1:] == index[:, :-1]], axis=1)
+    [jnp.zeros_like(index[:, :1], bool), index[:, 1:] == index[:, :-1]], axis=1
+  )
   return jnp.sort(jnp.where(repeated, empty, index), axis=1)
 
 
-@functools.partial(jax.jit, static_argnames='half')
+@functools.partial(jax.jit, static_argnames="half")
 def _expanded_sets(nearest, *, half):
   """R*(p, k1) of every p as [n, (k1+1)(half+2)] sorted indices; n marks an empty slot."""
   n = nearest.shape[0]
   recip = _reciprocal(nearest)  # R(p, k1), a mask over nearest[p]
-  near_half = nearest[:, :half + 1]
+  near_half = nearest[:, : half + 1]
   recip_half = _reciprocal(near_half)  # R(q, k1/2), a mask over near_half[q]
   cand = near_half[nearest]  # [n, k1+1, half+1]: R(q, k1/2) items for q = nearest[p, a]
   cand_mask = recip_half[nearest] & recip[:, :, None]
@@ -77,20 +78,24 @@ def _expanded_sets(nearest, *, half):
   overlap = jnp.sum(cand_mask & in_r, axis=-1)
   size = jnp.sum(cand_mask, axis=-1)
   expand = recip & (3 * overlap > 2 * size)
-  members = jnp.concatenate([
+  members = jnp.concatenate(
+    [
       jnp.where(recip, nearest, n),
-      jnp.where(cand_mask & expand[:, :, None], cand, n).reshape(n, -1)], axis=1)
+      jnp.where(cand_mask & expand[:, :, None], cand, n).reshape(n, -1),
+    ],
+    axis=1,
+  )
   return _unique_rows(members, n)
 
 
-@functools.partial(jax.jit, static_argnames='metric')
+@functools.partial(jax.jit, static_argnames="metric")
 def _encode_rows(rows, members, features, row_max, *, metric):
   """V for items `rows` [b] with R* `members` [b, W]: exp(-d) normalised over the members."""
   n = features.shape[0]
   x = features[rows]
   y = features[jnp.minimum(members, n - 1)]
-  dot = lambda a, b: jnp.einsum('bd,bwd->bw', a, b, precision=jax.lax.Precision.HIGHEST)
-  if metric == 'euclidean':
+  dot = lambda a, b: jnp.einsum("bd,bwd->bw", a, b, precision=jax.lax.Precision.HIGHEST)
+  if metric == "euclidean":
     dist = jnp.maximum(jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1) - 2.0 * dot(x, y), 0.0)
   else:
     unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
@@ -99,7 +104,7 @@ def _encode_rows(rows, members, features, row_max, *, metric):
   return weight / jnp.sum(weight, axis=1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames='k2')
+@functools.partial(jax.jit, static_argnames="k2")
 def _expand_queries(members, values, nearest, *, k2):
   """Local query expansion: V[p] <- mean of V over p's k2 nearest; sparse rows, sorted."""
   n, width = members.shape[0], members.shape[1] * k2
@@ -117,6 +122,7 @@ def _expand_queries(members, values, nearest, *, k2):
 @dataclasses.dataclass(frozen=True)
 class KReciprocalEncoding:
   """Sparse k-reciprocal encodings of all N = Q + G items (queries first)."""
+
   features: jax.Array  # [N, D]
   row_max: jax.Array  # [N] largest distance from each item to all N items
   v_index: np.ndarray  # [N, W] sorted column indices of V (after query expansion); N = empty
@@ -133,12 +139,13 @@ class KReciprocalEncoding:
 
   def pairs_per_query(self) -> np.ndarray:
     """[Q] number of (query entry, gallery entry) pairs the Jaccard join visits per query."""
-    q_index = self.v_index[:self.num_queries]
+    q_index = self.v_index[: self.num_queries]
     return (self.column_start[q_index + 1] - self.column_start[q_index]).sum(axis=1)
 
 
-def encode(query_features, gallery_features, *, metric='euclidean', k1=K1, k2=K2,
-           block_bytes=256 * 2**20) -> KReciprocalEncoding:
+def encode(
+  query_features, gallery_features, *, metric="euclidean", k1=K1, k2=K2, block_bytes=256 * 2**20
+) -> KReciprocalEncoding:
   """Builds the sparse k-reciprocal encodings of queries + gallery (steps 1 and 2 above)."""
   features = jnp.asarray(np.concatenate([query_features, gallery_features]), jnp.float32)
   n = features.shape[0]
@@ -146,23 +153,31 @@ def encode(query_features, gallery_features, *, metric='euclidean', k1=K1, k2=K2
   block = int(max(1, min(n, block_bytes // (_BYTES_PER_DISTANCE * n))))
   maxima, nearest = [], []
   for start in range(0, n, block):
-    rows = features[start:start + block]
+    rows = features[start : start + block]
     row_max, knn = jax.device_get(
-        _knn_block(jnp.pad(rows, ((0, block - rows.shape[0]), (0, 0))), features, k=k,
-                   metric=metric))
+      _knn_block(jnp.pad(rows, ((0, block - rows.shape[0]), (0, 0))), features, k=k, metric=metric)
+    )
     maxima.append(row_max)
     nearest.append(knn)
   row_max = jnp.asarray(np.concatenate(maxima)[:n])
   nearest = jnp.asarray(np.concatenate(nearest)[:n])
 
   members = _expanded_sets(nearest, half=min(int(np.around(k1 / 2)), k - 1))
-  members = members[:, :int(jnp.max(jnp.sum(members < n, axis=1)))]
+  members = members[:, : int(jnp.max(jnp.sum(members < n, axis=1)))]
   # Member features are gathered per row: bound that [rows, W, D] gather by the budget.
   rows_per_step = int(max(1, block_bytes // (4 * members.shape[1] * features.shape[1])))
-  values = jnp.concatenate([
-      _encode_rows(jnp.arange(s, min(s + rows_per_step, n)), members[s:s + rows_per_step],
-                   features, row_max, metric=metric)
-      for s in range(0, n, rows_per_step)])
+  values = jnp.concatenate(
+    [
+      _encode_rows(
+        jnp.arange(s, min(s + rows_per_step, n)),
+        members[s : s + rows_per_step],
+        features,
+        row_max,
+        metric=metric,
+      )
+      for s in range(0, n, rows_per_step)
+    ]
+  )
 
   v_index, v_value, counts = _expand_queries(members, values, nearest, k2=min(k2, k))
   width = int(jnp.max(counts))
@@ -173,18 +188,20 @@ def encode(query_features, gallery_features, *, metric='euclidean', k1=K1, k2=K2
   num_queries = len(query_features)
   g_index = v_index[num_queries:].reshape(-1)
   filled = g_index < n
-  order = np.argsort(g_index[filled], kind='stable')
+  order = np.argsort(g_index[filled], kind="stable")
   column_row = np.repeat(np.arange(n - num_queries, dtype=np.int32), width)[filled][order]
   column_value = v_value[num_queries:].reshape(-1)[filled][order]
   column_start = np.zeros(n + 2, np.int32)
   np.cumsum(np.bincount(g_index[filled], minlength=n + 1), out=column_start[1:])
-  return KReciprocalEncoding(features, row_max, v_index, v_value, column_start, column_row,
-                             column_value, num_queries, metric)
+  return KReciprocalEncoding(
+    features, row_max, v_index, v_value, column_start, column_row, column_value, num_queries, metric
+  )
 
 
-@functools.partial(jax.jit, static_argnames=('num_pairs', 'num_gallery'))
-def _shared_mass(q_index, q_value, column_start, column_row, column_value, *, num_pairs,
-                 num_gallery):
+@functools.partial(jax.jit, static_argnames=("num_pairs", "num_gallery"))
+def _shared_mass(
+  q_index, q_value, column_start, column_row, column_value, *, num_pairs, num_gallery
+):
   """s[q, g] = sum_j min(V[q, j], V[g, j]) for a block of queries: [b, W] -> [b, G]."""
   rows, width = q_index.shape
   flat_index, flat_value = q_index.reshape(-1), q_value.reshape(-1)
@@ -193,26 +210,38 @@ def _shared_mass(q_index, q_value, column_start, column_row, column_value, *, nu
   begin = end - count
   # Pair p belongs to the query entry whose run [begin, end) holds p: scatter each entry's id at
   # its begin (entries with no pairs share the next one's begin and lose the max), then cummax.
-  owner = jnp.zeros(num_pairs, jnp.int32).at[begin].max(
-      jnp.arange(rows * width, dtype=jnp.int32), mode='drop')
+  owner = (
+    jnp.zeros(num_pairs, jnp.int32)
+    .at[begin]
+    .max(jnp.arange(rows * width, dtype=jnp.int32), mode="drop")
+  )
   owner = jax.lax.cummax(owner)
   pair = jnp.arange(num_pairs, dtype=jnp.int32)
-  entry = jnp.clip(column_start[flat_index[owner]] + pair - begin[owner], 0,
-                   column_row.shape[0] - 1)
+  entry = jnp.clip(
+    column_start[flat_index[owner]] + pair - begin[owner], 0, column_row.shape[0] - 1
+  )
   shared = jnp.minimum(flat_value[owner], column_value[entry])
-  segment = jnp.where(pair < end[-1], (owner // width) * num_gallery + column_row[entry],
-                      rows * num_gallery)
+  segment = jnp.where(
+    pair < end[-1], (owner // width) * num_gallery + column_row[entry], rows * num_gallery
+  )
   total = jax.ops.segment_sum(shared, segment, num_segments=rows * num_gallery + 1)
   return total[:-1].reshape(rows, num_gallery)
 
 
-@functools.partial(jax.jit, static_argnames=('num_pairs', 'num_queries', 'metric'))
+@functools.partial(jax.jit, static_argnames=("num_pairs", "num_queries", "metric"))
 def _reranked_block(rows, encoding_arrays, lambda_value, *, num_pairs, num_queries, metric):
   features, row_max, q_index, q_value, column_start, column_row, column_value = encoding_arrays
   gallery = features[num_queries:]
   dist = pairwise_distances(features[rows], gallery, metric) / row_max[rows][:, None]
-  shared = _shared_mass(q_index, q_value, column_start, column_row, column_value,
-                        num_pairs=num_pairs, num_gallery=gallery.shape[0])
+  shared = _shared_mass(
+    q_index,
+    q_value,
+    column_start,
+    column_row,
+    column_value,
+    num_pairs=num_pairs,
+    num_gallery=gallery.shape[0],
+  )
   jaccard = 1.0 - shared / (2.0 - shared)
   return (1.0 - lambda_value) * jaccard + lambda_value * dist
 
@@ -223,8 +252,10 @@ def block_rows(encoding: KReciprocalEncoding, block_bytes: int, multiple_of: int
   per_row = _BYTES_PER_DISTANCE * encoding.num_gallery
   rows = multiple_of
   # Grow while the worst block (the rows with most pairs) still fits.
-  while (rows < encoding.num_queries and
-         2 * rows * per_row + pairs[:2 * rows].sum() * _BYTES_PER_PAIR <= block_bytes):
+  while (
+    rows < encoding.num_queries
+    and 2 * rows * per_row + pairs[: 2 * rows].sum() * _BYTES_PER_PAIR <= block_bytes
+  ):
     rows *= 2
   return rows
 
@@ -239,28 +270,40 @@ def distance_blocks(encoding: KReciprocalEncoding, block: int, lambda_value: flo
   # One compiled shape for every block: the largest pair count, rounded up to a power of two.
   num_pairs = int(2 ** np.ceil(np.log2(max(int(per_block.max()), 1))))
   shared = (encoding.features, encoding.row_max)
-  column = tuple(jnp.asarray(a) for a in (encoding.column_start, encoding.column_row,
-                                           encoding.column_value))
+  column = tuple(
+    jnp.asarray(a) for a in (encoding.column_start, encoding.column_row, encoding.column_value)
+  )
 
   def distance_block(start, stop):
-    rows = padded_rows[start:start + block]
+    rows = padded_rows[start : start + block]
     arrays = shared + (encoding.v_index[rows], encoding.v_value[rows]) + column
-    return _reranked_block(rows, arrays, lambda_value, num_pairs=num_pairs, num_queries=num_q,
-                           metric=encoding.metric)
+    return _reranked_block(
+      rows, arrays, lambda_value, num_pairs=num_pairs, num_queries=num_q, metric=encoding.metric
+    )
 
   return distance_block
 
 
-def re_ranking(query_features, gallery_features, *, metric='euclidean', k1=K1, k2=K2,
-               lambda_value=LAMBDA, block_bytes=256 * 2**20) -> np.ndarray:
+def re_ranking(
+  query_features,
+  gallery_features,
+  *,
+  metric="euclidean",
+  k1=K1,
+  k2=K2,
+  lambda_value=LAMBDA,
+  block_bytes=256 * 2**20,
+) -> np.ndarray:
   """Re-ranked [Q, G] distances as one host array (for small problems and tests).
 
   `evaluate(..., rerank=True)` consumes the same blocks without ever assembling this matrix.
   """
-  encoding = encode(query_features, gallery_features, metric=metric, k1=k1, k2=k2,
-                    block_bytes=block_bytes)
+  encoding = encode(
+    query_features, gallery_features, metric=metric, k1=k1, k2=k2, block_bytes=block_bytes
+  )
   block = block_rows(encoding, block_bytes)
   distance_block = distance_blocks(encoding, block, lambda_value)
   num_q = encoding.num_queries
-  return np.concatenate([np.asarray(distance_block(s, min(s + block, num_q)))
-                         for s in range(0, num_q, block)])[:num_q]
+  return np.concatenate(
+    [np.asarray(distance_block(s, min(s + block, num_q))) for s in range(0, num_q, block)]
+  )[:num_q]

@@ -9,5 +9,13 @@ from reid_jax.models.torchvision_weights import load_torchvision_resnet50
 
 MODEL_NAMES = tuple(VARIANTS)
 
-__all__ = ["Architecture", "MODEL_NAMES", "NonLocalBlock", "ReIDNet", "create_model",
-           "load_kinetics_i3d", "load_torchvision_resnet50", "num_params"]
+__all__ = [
+  "Architecture",
+  "MODEL_NAMES",
+  "NonLocalBlock",
+  "ReIDNet",
+  "create_model",
+  "load_kinetics_i3d",
+  "load_torchvision_resnet50",
+  "num_params",
+]

@@ -40,13 +40,13 @@ conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 def batch_norm(num_features: int, *, dtype, param_dtype, rngs: nnx.Rngs, zero_scale: bool = False):
   """BatchNorm over every axis but the last, with torchvision's epsilon and momentum."""
   return nnx.BatchNorm(
-      num_features,
-      momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      scale_init=nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init(),
-      rngs=rngs,
+    num_features,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    scale_init=nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init(),
+    rngs=rngs,
   )
 
 
@@ -57,23 +57,33 @@ class Conv3D(nnx.Module):
   `padding=k // 2`), so T is kept and H, W shrink by the stride.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: tuple[int, int, int], *,
-               stride: int = 1, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: tuple[int, int, int],
+    *,
+    stride: int = 1,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     k_t, k_h, k_w = kernel_size
     if k_t % 2 != 1 or k_h % 2 != 1 or k_w % 2 != 1:
       raise ValueError(f"kernel sizes must be odd, got {kernel_size}")
     self.kernel_size = tuple(kernel_size)
     self.stride = stride
     self.dtype = dtype
-    self.kernel = nnx.Param(conv_kernel_init(
-        rngs.params(), (*kernel_size, in_features, out_features), param_dtype))
+    self.kernel = nnx.Param(
+      conv_kernel_init(rngs.params(), (*kernel_size, in_features, out_features), param_dtype)
+    )
 
   def __call__(self, x):  # [B, T, H, W, C_in] -> [B, T, H', W', C_out]
     x = x.astype(self.dtype)
     kernel = self.kernel[...].astype(self.dtype)
     k_t, k_h, k_w = self.kernel_size
     if k_h == k_w == 1:
-      return _pointwise_temporal_conv(x[:, :, ::self.stride, ::self.stride], kernel[:, 0, 0])
+      return _pointwise_temporal_conv(x[:, :, :: self.stride, :: self.stride], kernel[:, 0, 0])
     if k_t > 1:
       x = _stack_time_shifts(x, k_t)
       kernel = einops.rearrange(kernel, "t h w i o -> h w (t i) o")
@@ -81,9 +91,12 @@ class Conv3D(nnx.Module):
       kernel = kernel[0]
     frames = einops.rearrange(x, "b t h w c -> (b t) h w c")
     y = jax.lax.conv_general_dilated(
-        frames, kernel, (self.stride, self.stride),
-        ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      frames,
+      kernel,
+      (self.stride, self.stride),
+      ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return einops.rearrange(y, "(b t) h w c -> b t h w c", b=x.shape[0])
 
 
@@ -91,7 +104,7 @@ def _time_shifts(x, k_t: int):
   """The `k_t` views `x[t - k_t // 2 + tap]` of a zero-padded clip, tap by tap."""
   t, pad = x.shape[1], k_t // 2
   padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
-  return [padded[:, tap:tap + t] for tap in range(k_t)]
+  return [padded[:, tap : tap + t] for tap in range(k_t)]
 
 
 def _stack_time_shifts(x, k_t: int):
@@ -106,12 +119,17 @@ def _pointwise_temporal_conv(x, kernel):
   (bench/conv_formulations.py); these convs are about half the network's FLOPs.
   """
   shifts = _time_shifts(x, kernel.shape[0]) if kernel.shape[0] > 1 else [x]
-  return sum(jnp.einsum("bthwc,cd->bthwd", shifted, kernel[tap])
-             for tap, shifted in enumerate(shifts))
+  return sum(
+    jnp.einsum("bthwc,cd->bthwd", shifted, kernel[tap]) for tap, shifted in enumerate(shifts)
+  )
 
 
-def max_pool(x, window: tuple[int, int, int], strides: tuple[int, int, int],
-             padding: tuple[tuple[int, int], ...] = ((0, 0),) * 3):
+def max_pool(
+  x,
+  window: tuple[int, int, int],
+  strides: tuple[int, int, int],
+  padding: tuple[tuple[int, int], ...] = ((0, 0),) * 3,
+):
   """Max-pool of a clip `[B, T, H, W, C]` over (T, H, W), padded with -inf, floor mode.
 
   Computed as the elementwise maximum of the window's strided slices: the same values as
@@ -128,22 +146,28 @@ def max_pool(x, window: tuple[int, int, int], strides: tuple[int, int, int],
   taps = []
   for offset in itertools.product(*(range(k) for k in window)):
     start = (0, *offset, 0)
-    limit = (x.shape[0], *(o + (n - 1) * s + 1 for o, n, s in zip(offset, out, strides)),
-             x.shape[-1])
+    limit = (
+      x.shape[0],
+      *(o + (n - 1) * s + 1 for o, n, s in zip(offset, out, strides)),
+      x.shape[-1],
+    )
     taps.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
   return functools.reduce(jnp.maximum, taps)
 
 
 def max_pool_spatial(x, window: int, stride: int, padding: int):
   """`1 x k x k` max-pool, stride `1 x s x s`, `padding` on both sides of H and W."""
-  return max_pool(x, (1, window, window), (1, stride, stride),
-                  ((0, 0), (padding, padding), (padding, padding)))
+  return max_pool(
+    x, (1, window, window), (1, stride, stride), ((0, 0), (padding, padding), (padding, padding))
+  )
 
 
 def max_pool_temporal(x, window: int = 2):
   """`k x 1 x 1` max-pool with stride k: halves T after res2 as in the I3D ResNet-50."""
   if x.shape[1] % window:
-    raise ValueError(f"temporal pooling by {window} needs T divisible by {window}, got T={x.shape[1]}")
+    raise ValueError(
+      f"temporal pooling by {window} needs T divisible by {window}, got T={x.shape[1]}"
+    )
   return max_pool(x, (window, 1, 1), (window, 1, 1))
 
 

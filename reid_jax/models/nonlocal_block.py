@@ -33,9 +33,18 @@ ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 class NonLocalBlock(nnx.Module):
   """Embedded-Gaussian non-local block on clips `[B, T, H, W, C]`."""
 
-  def __init__(self, features: int, *, inner_ratio: float = 0.5, scale_attention: bool = False,
-               pool_phi_g: bool = False, attention_impl: str = "einsum", dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    features: int,
+    *,
+    inner_ratio: float = 0.5,
+    scale_attention: bool = False,
+    pool_phi_g: bool = False,
+    attention_impl: str = "einsum",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
     inner = max(1, int(features * inner_ratio))
@@ -46,15 +55,23 @@ class NonLocalBlock(nnx.Module):
     self.dtype = dtype
 
     def projection(n_in, n_out):
-      return nnx.Linear(n_in, n_out, use_bias=True, dtype=dtype, param_dtype=param_dtype,
-                        kernel_init=layers.fan_in_normal(), rngs=rngs)
+      return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=True,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=layers.fan_in_normal(),
+        rngs=rngs,
+      )
 
     self.theta = projection(features, inner)
     self.phi = projection(features, inner)
     self.g = projection(features, inner)
     self.w_z = projection(inner, features)
-    self.bn = layers.batch_norm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                zero_scale=True)
+    self.bn = layers.batch_norm(
+      features, dtype=dtype, param_dtype=param_dtype, rngs=rngs, zero_scale=True
+    )
 
   def __call__(self, x, *, return_attention: bool = False):
     """x: `[B, T, H, W, C]`. Returns z (same shape), and with `return_attention` also a dict
@@ -62,8 +79,10 @@ class NonLocalBlock(nnx.Module):
     _, t, h, w, _ = x.shape
     theta = self.theta(x)
     if self.pool_phi_g and min(h, w) < 2:
-      raise ValueError(f"non-local block on a {t}x{h}x{w} map: pooling phi and g by 1x2x2 needs "
-                       f"H and W >= 2 (larger clips, or nonlocal_pool=False)")
+      raise ValueError(
+        f"non-local block on a {t}x{h}x{w} map: pooling phi and g by 1x2x2 needs "
+        f"H and W >= 2 (larger clips, or nonlocal_pool=False)"
+      )
     keys_in = layers.max_pool(x, (1, 2, 2), (1, 2, 2)) if self.pool_phi_g else x
     phi, g = self.phi(keys_in), self.g(keys_in)
     key_grid = phi.shape[1:4]
@@ -80,8 +99,12 @@ class NonLocalBlock(nnx.Module):
     else:
       # [B, N, heads=1, D] layout of jax.nn.dot_product_attention.
       y = jax.nn.dot_product_attention(
-          q[:, :, None, :], k[:, :, None, :], v[:, :, None, :], scale=scale,
-          implementation=self.attention_impl)[:, :, 0, :]
+        q[:, :, None, :],
+        k[:, :, None, :],
+        v[:, :, None, :],
+        scale=scale,
+        implementation=self.attention_impl,
+      )[:, :, 0, :]
     y = einops.rearrange(y, "b (t h w) d -> b t h w d", t=t, h=h, w=w)
     z = self.bn(self.w_z(y)).astype(x.dtype) + x
     if return_attention:

@@ -50,22 +50,23 @@ RESNET50_DEPTHS = (3, 4, 6, 3)
 @dataclasses.dataclass(frozen=True)
 class Architecture:
   """Everything that fixes the network's structure; `create_model` overrides any field."""
+
   stage_depths: tuple[int, ...] = RESNET50_DEPTHS
-  width: int = 64                     # channels after the stem; stage i has width * 2**i
-  inflate: bool = True                # I3D temporal kernels (False: 2D network per frame)
-  temporal_pool: bool = True          # 2x1x1 max-pool after res2
-  stem_pool_padding: int = 1          # 1: PySlowFast, pytorchvideo, torchvision; 0: Caffe2 release
+  width: int = 64  # channels after the stem; stage i has width * 2**i
+  inflate: bool = True  # I3D temporal kernels (False: 2D network per frame)
+  temporal_pool: bool = True  # 2x1x1 max-pool after res2
+  stem_pool_padding: int = 1  # 1: PySlowFast, pytorchvideo, torchvision; 0: Caffe2 release
   nonlocal_stages: tuple[int, ...] = (1, 2)  # res3, res4 (0-based stages); blocks 1, 3, 5, ...
-  nonlocal_inner_ratio: float = 0.5   # theta/phi/g width C/2
-  nonlocal_scale: bool = True         # d^-0.5 on the attention logits (False: paper's Eq. 5)
-  nonlocal_pool: bool = True          # 1x2x2 max-pool of x before phi and g (False: Fig. 5)
-  attention_impl: str = "einsum"      # "einsum" | "xla" | "cudnn"
-  last_stride: int = 2                # stride of res5 (1 keeps a 16x8 map)
+  nonlocal_inner_ratio: float = 0.5  # theta/phi/g width C/2
+  nonlocal_scale: bool = True  # d^-0.5 on the attention logits (False: paper's Eq. 5)
+  nonlocal_pool: bool = True  # 1x2x2 max-pool of x before phi and g (False: Fig. 5)
+  attention_impl: str = "einsum"  # "einsum" | "xla" | "cudnn"
+  last_stride: int = 2  # stride of res5 (1 keeps a 16x8 map)
   bottleneck_dim: int = 512
   dropout_rate: float = 0.5
   leaky_relu_slope: float = 0.1
-  remat: bool = False                 # recompute each residual block in the backward pass
-  dtype: jnp.dtype = jnp.float32      # compute dtype (bfloat16 on accelerators)
+  remat: bool = False  # recompute each residual block in the backward pass
+  dtype: jnp.dtype = jnp.float32  # compute dtype (bfloat16 on accelerators)
   param_dtype: jnp.dtype = jnp.float32
 
   def temporal_kernel(self, stage: int, block: int) -> int:
@@ -90,8 +91,10 @@ class Architecture:
 
   def feature_map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
     """(H, W) of each stage's output for `height x width` frames."""
+
     def out(n, kernel, stride, pad):
       return (n + 2 * pad - kernel) // stride + 1
+
     h, w = (out(n, 7, 2, 3) for n in (height, width))  # stem conv
     h, w = (out(n, 3, 2, self.stem_pool_padding) for n in (h, w))
     sizes = []
@@ -107,9 +110,9 @@ class Architecture:
 
 
 VARIANTS = {
-    "resnet50_tp": dict(inflate=False, temporal_pool=False, nonlocal_stages=()),
-    "resnet3d50": dict(inflate=True, temporal_pool=True, nonlocal_stages=()),
-    "resnet3d50_nl": dict(inflate=True, temporal_pool=True, nonlocal_stages=(1, 2)),
+  "resnet50_tp": dict(inflate=False, temporal_pool=False, nonlocal_stages=()),
+  "resnet3d50": dict(inflate=True, temporal_pool=True, nonlocal_stages=()),
+  "resnet3d50_nl": dict(inflate=True, temporal_pool=True, nonlocal_stages=(1, 2)),
 }
 
 
@@ -117,10 +120,20 @@ class Bottleneck(nnx.Module):
   """The I3D bottleneck: `k_t x 1 x 1` conv (C_in -> planes), `1 x 3 x 3` conv (the block's
   spatial stride), `1 x 1 x 1` conv (-> 4 planes), each with BatchNorm; a projection shortcut
   where the shape changes; an optional non-local block after the residual sum."""
+
   expansion = 4
 
-  def __init__(self, in_features: int, planes: int, *, stride: int, temporal_kernel: int,
-               with_nonlocal: bool, arch: Architecture, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    planes: int,
+    *,
+    stride: int,
+    temporal_kernel: int,
+    with_nonlocal: bool,
+    arch: Architecture,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=arch.dtype, param_dtype=arch.param_dtype, rngs=rngs)
     out_features = planes * self.expansion
     self.conv1 = layers.Conv3D(in_features, planes, (temporal_kernel, 1, 1), **kw)
@@ -130,15 +143,24 @@ class Bottleneck(nnx.Module):
     self.conv3 = layers.Conv3D(planes, out_features, (1, 1, 1), **kw)
     self.bn3 = layers.batch_norm(out_features, **kw)
     if stride != 1 or in_features != out_features:
-      self.downsample_conv = layers.Conv3D(in_features, out_features, (1, 1, 1), stride=stride,
-                                           **kw)
+      self.downsample_conv = layers.Conv3D(
+        in_features, out_features, (1, 1, 1), stride=stride, **kw
+      )
       self.downsample_bn = layers.batch_norm(out_features, **kw)
     else:
       self.downsample_conv = self.downsample_bn = None
-    self.nonlocal_block = NonLocalBlock(
-        out_features, inner_ratio=arch.nonlocal_inner_ratio, scale_attention=arch.nonlocal_scale,
-        pool_phi_g=arch.nonlocal_pool, attention_impl=arch.attention_impl,
-        **kw) if with_nonlocal else None
+    self.nonlocal_block = (
+      NonLocalBlock(
+        out_features,
+        inner_ratio=arch.nonlocal_inner_ratio,
+        scale_attention=arch.nonlocal_scale,
+        pool_phi_g=arch.nonlocal_pool,
+        attention_impl=arch.attention_impl,
+        **kw,
+      )
+      if with_nonlocal
+      else None
+    )
 
   def __call__(self, x, *, return_attention: bool = False):  # [B, T, H, W, C]
     out = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -160,14 +182,24 @@ class Head(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, arch: Architecture, rngs: nnx.Rngs):
     self.leaky_relu_slope = arch.leaky_relu_slope
-    self.fc = nnx.Linear(in_features, arch.bottleneck_dim, kernel_init=layers.conv_kernel_init,
-                         param_dtype=arch.param_dtype, rngs=rngs)
-    self.bn = layers.batch_norm(arch.bottleneck_dim, dtype=jnp.float32,
-                                param_dtype=arch.param_dtype, rngs=rngs)
+    self.fc = nnx.Linear(
+      in_features,
+      arch.bottleneck_dim,
+      kernel_init=layers.conv_kernel_init,
+      param_dtype=arch.param_dtype,
+      rngs=rngs,
+    )
+    self.bn = layers.batch_norm(
+      arch.bottleneck_dim, dtype=jnp.float32, param_dtype=arch.param_dtype, rngs=rngs
+    )
     self.dropout = nnx.Dropout(arch.dropout_rate, rngs=rngs)
-    self.classifier = nnx.Linear(arch.bottleneck_dim, num_classes,
-                                 kernel_init=nnx.initializers.normal(0.001),
-                                 param_dtype=arch.param_dtype, rngs=rngs)
+    self.classifier = nnx.Linear(
+      arch.bottleneck_dim,
+      num_classes,
+      kernel_init=nnx.initializers.normal(0.001),
+      param_dtype=arch.param_dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, pooled):  # [B, D] float32
     features = jax.nn.leaky_relu(self.bn(self.fc(pooled)), self.leaky_relu_slope)
@@ -181,18 +213,26 @@ class ReIDNet(nnx.Module):
   def __init__(self, arch: Architecture, *, num_classes: int, rngs: nnx.Rngs):
     kw = dict(dtype=arch.dtype, param_dtype=arch.param_dtype)
     self.arch = arch
-    self.conv1 = layers.Conv3D(3, arch.width, (arch.stem_temporal_kernel, 7, 7), stride=2,
-                               rngs=rngs, **kw)
+    self.conv1 = layers.Conv3D(
+      3, arch.width, (arch.stem_temporal_kernel, 7, 7), stride=2, rngs=rngs, **kw
+    )
     self.bn1 = layers.batch_norm(arch.width, rngs=rngs, **kw)
     in_features = arch.width
     for stage, depth in enumerate(arch.stage_depths):
-      planes = arch.width * 2 ** stage
+      planes = arch.width * 2**stage
       blocks = []
       for block in range(depth):
-        blocks.append(Bottleneck(
-            in_features, planes, stride=arch.stage_stride(stage) if block == 0 else 1,
+        blocks.append(
+          Bottleneck(
+            in_features,
+            planes,
+            stride=arch.stage_stride(stage) if block == 0 else 1,
             temporal_kernel=arch.temporal_kernel(stage, block),
-            with_nonlocal=arch.has_nonlocal(stage, block), arch=arch, rngs=rngs))
+            with_nonlocal=arch.has_nonlocal(stage, block),
+            arch=arch,
+            rngs=rngs,
+          )
+        )
         in_features = planes * Bottleneck.expansion
       setattr(self, f"layer{stage + 1}", nnx.List(blocks))
     self.head = Head(in_features, num_classes, arch, rngs)
@@ -261,4 +301,3 @@ def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **overrides) ->
   if arch.stem_pool_padding not in (0, 1):
     raise ValueError(f"stem_pool_padding must be 0 or 1, got {arch.stem_pool_padding}")
   return ReIDNet(arch, num_classes=num_classes, rngs=rngs)
-

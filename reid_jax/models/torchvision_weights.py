@@ -34,14 +34,17 @@ log = logging.getLogger("reid_jax")
 
 
 # A 2D ResNet has no non-local blocks: the model's keep their initialisation.
-NAMING = weight_files.Naming({
+NAMING = weight_files.Naming(
+  {
     "stem_conv": "conv1.weight",
     "stem_bn": "bn1.",
     "conv": "layer{layer}.{block}.conv{n}.weight",
     "bn": "layer{layer}.{block}.bn{n}.",
     "downsample_conv": "layer{layer}.{block}.downsample.0.weight",
     "downsample_bn": "layer{layer}.{block}.downsample.1.",
-}, weight_files.TORCH_BN_SUFFIXES)
+  },
+  weight_files.TORCH_BN_SUFFIXES,
+)
 
 
 def _is_head(key: str) -> bool:
@@ -62,8 +65,9 @@ def inflate_kernel(value: np.ndarray, kernel_shape, rule: str) -> np.ndarray:
   return kernel
 
 
-def load_torchvision_resnet50(model: ReIDNet, path: str | os.PathLike, *,
-                              temporal_init: str = "mean") -> ReIDNet:
+def load_torchvision_resnet50(
+  model: ReIDNet, path: str | os.PathLike, *, temporal_init: str = "mean"
+) -> ReIDNet:
   """Loads a 2D ResNet-50 (torchvision, torchreid or fast-reid file) into `model`, in place.
 
   Args:
@@ -81,16 +85,20 @@ def load_torchvision_resnet50(model: ReIDNet, path: str | os.PathLike, *,
     raise ValueError(f"temporal_init must be one of {TEMPORAL_INIT_RULES}, got {temporal_init!r}")
   weights = weight_files.read_weight_file(path)
   if weights.family != "torchvision":
-    raise ValueError(f"{weights.path} is a Kinetics I3D checkpoint ({weights.family}), not a 2D "
-                     f"ResNet-50: load it with load_kinetics_i3d")
+    raise ValueError(
+      f"{weights.path} is a Kinetics I3D checkpoint ({weights.family}), not a 2D "
+      f"ResNet-50: load it with load_kinetics_i3d"
+    )
   if model.arch.stem_pool_padding != 1:
-    raise ValueError(f"{weights.path}: a torchvision ResNet-50 pads its stem max-pool by 1; the "
-                     f"model has stem_pool_padding={model.arch.stem_pool_padding} "
-                     f"(config.model.stem_pool_padding)")
+    raise ValueError(
+      f"{weights.path}: a torchvision ResNet-50 pads its stem max-pool by 1; the "
+      f"model has stem_pool_padding={model.arch.stem_pool_padding} "
+      f"(config.model.stem_pool_padding)"
+    )
   _check_pixel_statistics(weights)
   target = weight_files.build_target(
-      model, weights, NAMING,
-      lambda value, shape: inflate_kernel(value, shape, temporal_init))
+    model, weights, NAMING, lambda value, shape: inflate_kernel(value, shape, temporal_init)
+  )
   target.assign(model, ignore=lambda k: _is_head(k) or k.endswith("num_batches_tracked"))
   heads = sorted(k for k in weights.tensors if _is_head(k))
   if heads:
@@ -105,6 +113,8 @@ def _check_pixel_statistics(weights: weight_files.WeightFile) -> None:
     if key in weights.tensors:
       value = weights.tensors[key].reshape(-1)
       if value.shape != imagenet.shape or not np.allclose(value, imagenet, atol=0.01):
-        raise ValueError(f"{weights.path}: {key} is {value.tolist()}, not ImageNet's "
-                         f"{imagenet.round(3).tolist()}; this project normalises 2D-initialised "
-                         f"models with ImageNet's statistics")
+        raise ValueError(
+          f"{weights.path}: {key} is {value.tolist()}, not ImageNet's "
+          f"{imagenet.round(3).tolist()}; this project normalises 2D-initialised "
+          f"models with ImageNet's statistics"
+        )

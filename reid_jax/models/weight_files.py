@@ -33,10 +33,10 @@ BN_FIELDS = ("scale", "bias", "mean", "var")
 
 # Keys of the files' stem conv, one per family, in the order they are looked for.
 _STEM_KEYS = {
-    "caffe2": "conv1_w",
-    "pyslowfast": "s1.pathway0_stem.conv.weight",
-    "pytorchvideo": "blocks.0.conv.weight",
-    "torchvision": "conv1.weight",
+  "caffe2": "conv1_w",
+  "pyslowfast": "s1.pathway0_stem.conv.weight",
+  "pytorchvideo": "blocks.0.conv.weight",
+  "torchvision": "conv1.weight",
 }
 KINETICS_FAMILIES = ("caffe2", "pyslowfast", "pytorchvideo")
 
@@ -44,6 +44,7 @@ KINETICS_FAMILIES = ("caffe2", "pyslowfast", "pytorchvideo")
 @dataclasses.dataclass
 class WeightFile:
   """A checkpoint's tensors as numpy arrays, its family and where it came from."""
+
   path: str
   family: str
   tensors: dict[str, np.ndarray]
@@ -76,8 +77,9 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
     if _STEM_KEYS[family] in state:
       return WeightFile(path, family, state)
   raise ValueError(
-      f"{path} is not a ResNet-50 checkpoint this project reads: none of "
-      f"{sorted(_STEM_KEYS.values())} in it (first keys: {sorted(state)[:5]})")
+    f"{path} is not a ResNet-50 checkpoint this project reads: none of "
+    f"{sorted(_STEM_KEYS.values())} in it (first keys: {sorted(state)[:5]})"
+  )
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -88,17 +90,21 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
   """Resolves the few globals a pickled ndarray needs and refuses every other one."""
 
   _ALLOWED = {
-      ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-      ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-      ("numpy", "ndarray"), ("numpy", "dtype"),
-      # Python 3 pickles of protocol 2 store bytes as `_codecs.encode(str, 'latin1')`.
-      ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    # Python 3 pickles of protocol 2 store bytes as `_codecs.encode(str, 'latin1')`.
+    ("_codecs", "encode"),
   }
 
   def find_class(self, module, name):
     if (module, name) not in self._ALLOWED:
       raise UnsafePickleError(
-          f"refuses to load {module}.{name}: a weights pickle may hold numpy arrays only")
+        f"refuses to load {module}.{name}: a weights pickle may hold numpy arrays only"
+      )
     if module.startswith("numpy.core"):
       module = "numpy._core" + module.removeprefix("numpy.core")  # numpy 2's name
     return super().find_class(module, name)
@@ -138,6 +144,7 @@ def _unwrap_state_dict(path: str, raw) -> dict[str, np.ndarray]:
 
 # --- the model side ---------------------------------------------------------------------------
 
+
 def model_parts(model) -> Iterator[tuple[tuple, str]]:
   """`(role, attribute path)` of every conv, BatchNorm and non-local projection of a ReIDNet.
 
@@ -172,9 +179,11 @@ def variable(model, path: str) -> nnx.Variable:
 @dataclasses.dataclass
 class Target:
   """What a file must provide for a model: source key -> (variable path, transform)."""
+
   weights: WeightFile
   entries: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = dataclasses.field(
-      default_factory=dict)
+    default_factory=dict
+  )
 
   def add(self, key: str, path: str, transform=None) -> None:
     self.entries[key] = (path, transform or np.asarray)
@@ -191,15 +200,19 @@ class Target:
       raise ValueError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing in all)")
     unexpected = sorted(k for k in tensors if k not in self.entries and not ignore(k))
     if unexpected:
-      raise ValueError(f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected "
-                       f"in all); is it a checkpoint of another network?")
+      raise ValueError(
+        f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected "
+        f"in all); is it a checkpoint of another network?"
+      )
     updates = []
     for key, (target, transform) in self.entries.items():
       var = variable(model, target)
       value = transform(tensors[key])
       if value.shape != var.shape:
-        raise ValueError(f"{path}: key {key!r} of shape {tensors[key].shape} gives "
-                         f"{value.shape} for {target}, which is {var.shape}")
+        raise ValueError(
+          f"{path}: key {key!r} of shape {tensors[key].shape} gives "
+          f"{value.shape} for {target}, which is {var.shape}"
+        )
       updates.append((var, value))
     for var, value in updates:
       var.set_value(jnp.asarray(value, var[...].dtype))
@@ -215,6 +228,7 @@ class Naming:
   pytorchvideo's block index, after the pool at 2), `block`, `n` (1-3) or `abc` (a-c) for the
   bottleneck's convs, `proj` (theta, phi, g, out) for the non-local projections.
   """
+
   templates: Mapping[str, str]
   bn_suffixes: tuple[str, str, str, str]  # scale, bias, mean, var
   weight_suffix: str = "weight"
@@ -225,8 +239,9 @@ class Naming:
     if template is None or len(role) == 1:
       return template
     stage, block = role[1], role[2]
-    fields = dict(res=stage + 2, layer=stage + 1, ptv=stage + 1 if stage == 0 else stage + 2,
-                  block=block)
+    fields = dict(
+      res=stage + 2, layer=stage + 1, ptv=stage + 1 if stage == 0 else stage + 2, block=block
+    )
     if role[0] in ("conv", "bn"):
       fields.update(n=role[3], abc="abc"[role[3] - 1])
     elif role[0] == "nonlocal":
@@ -237,8 +252,9 @@ class Naming:
 TORCH_BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 
 
-def build_target(model, weights: WeightFile, naming: Naming, conv_transform,
-                 projection_transform=None) -> Target:
+def build_target(
+  model, weights: WeightFile, naming: Naming, conv_transform, projection_transform=None
+) -> Target:
   """The `Target` of every part of `model` that `naming` names. `conv_transform(value, kernel
   shape)` maps a conv weight to the model's kernel layout; `projection_transform` a non-local
   projection's weight to a dense kernel."""
