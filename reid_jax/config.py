@@ -12,7 +12,9 @@ import json
 import ml_collections
 
 from reid_jax import optim
+from reid_jax.evaluation.distances import METRICS
 from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
+from reid_jax.models.nonlocal_block import ATTENTION_IMPLS
 
 DATASETS = ("mars", "ilidsvid", "prid2011", "duke")
 MODES = ("train", "eval", "extract")
@@ -249,9 +251,19 @@ def validate(config, *, num_devices: int) -> None:
     f"{protocol(config)!r} is not one of {PROTOCOLS}",
   )
   _check(
-    config.eval.metric in ("euclidean", "cosine"),
+    config.eval.metric in METRICS,
     "eval.metric",
-    f"{config.eval.metric!r} is not euclidean or cosine",
+    f"{config.eval.metric!r} is not one of {METRICS}",
+  )
+  _check(
+    config.loss.triplet_metric in METRICS,
+    "loss.triplet_metric",
+    f"{config.loss.triplet_metric!r} is not one of {METRICS}",
+  )
+  _check(
+    config.model.attention_impl in ATTENTION_IMPLS,
+    "model.attention_impl",
+    f"{config.model.attention_impl!r} is not one of {ATTENTION_IMPLS}",
   )
   _check(
     config.init.temporal_init in ("mean", "center"),
@@ -283,10 +295,9 @@ def validate(config, *, num_devices: int) -> None:
         )
   o = config.optim
   _check(
-    0 <= o.decay_start_epoch <= o.total_epochs and o.total_epochs >= 1,
-    "optim.total_epochs",
-    f"need 0 <= decay_start_epoch ({o.decay_start_epoch}) <= "
-    f"total_epochs ({o.total_epochs}) and total_epochs >= 1",
+    0 <= o.decay_start_epoch < o.total_epochs,
+    "optim.decay_start_epoch",
+    f"need 0 <= decay_start_epoch ({o.decay_start_epoch}) < total_epochs ({o.total_epochs})",
   )
   _check(config.train.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
   _check(config.train.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")

@@ -359,8 +359,9 @@ def extract_eval_features(setup: Setup, config, data_dir: str, feature_fn=None):
 
 def evaluate_state(
   setup: Setup, config, data_dir: str, workdir: str | None, *, step: int, feature_fn=None
-) -> dict:
-  """Extracts features, scores the configured protocol and (with `workdir`) writes the report."""
+) -> tuple[dict, np.ndarray, data_lib.TrackletTable]:
+  """Extracts features, scores the configured protocol and (with `workdir`) writes the report.
+  Returns the results, the per-tracklet features and their table."""
   start = time.time()
   features, table = extract_eval_features(setup, config, data_dir, feature_fn)
   extract_seconds = time.time() - start
@@ -572,7 +573,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     while step < total_steps:
       batch = global_batch(next(train_iter), setup.batch_sharding)
-      setup.state, metrics = train_step(setup.state, batch)
+      # Everything the step reads is on the devices already: an implicit host <-> device copy
+      # (a numpy array or Python scalar slipped into the step) is an error, not a slowdown.
+      with jax.transfer_guard("disallow"):
+        setup.state, metrics = train_step(setup.state, batch)
       step += 1
       window_steps += 1
       pending.append((step, metrics))
@@ -609,6 +613,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         step, state=setup.state, meta=_meta(setup, config, step, step // setup.steps_per_epoch)
       )
       if ckpt.preemption_requested():
+        _flush_metrics(pending, writer, schedule)
         log.warning("Stopping at step %d after a preemption checkpoint.", step)
         return {"preempted_at_step": step}
       if due_eval:
@@ -637,14 +642,17 @@ def _evaluate_and_log(setup, config, data_dir, workdir, step, feature_fn, writer
 
 
 def _flush_metrics(pending, writer: MetricWriter, schedule) -> dict:
-  """Fetches the metrics of the pending steps; stops the run at the first non-finite loss."""
+  """Fetches and writes the metrics of the pending steps; stops the run at the first step
+  whose loss or gradient norm is not finite (a non-finite gradient has already reached the
+  parameters, though the loss of its step was finite)."""
   if not pending:
     return {}
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), metrics in zip(pending, fetched):
-    if not np.isfinite(metrics["loss"]):
+    if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
       raise FloatingPointError(
-        f"Non-finite loss {float(metrics['loss'])} at step {step} (softmax "
+        f"Non-finite loss {float(metrics['loss'])} or gradient norm "
+        f"{float(metrics['grad_norm'])} at step {step} (softmax "
         f"{float(metrics['softmax_loss'])}, triplet {float(metrics['triplet_loss'])}): "
         f"lower config.optim.base_lr or enable config.optim.grad_clip_norm"
       )

@@ -60,6 +60,16 @@ def test_validation_names_the_field():
     r"in res4, too small",
   ):
     config_lib.validate(config, num_devices=1)
+  for field, value, message in (
+    ("optim.decay_start_epoch", 300, r"need 0 <= decay_start_epoch \(300\) < total_epochs"),
+    ("loss.triplet_metric", "cosin", r"'cosin' is not one of \('euclidean', 'cosine'\)"),
+    ("model.attention_impl", "flash", r"'flash' is not one of \('einsum', 'xla', 'cudnn'\)"),
+  ):
+    config = config_lib.default_config()
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=rf"config.{field}: {message}"):
+      config_lib.validate(config, num_devices=1)
   config = config_lib.default_config()
   config.model.stem_pool_padding = 2
   with pytest.raises(ValueError, match=r"config.model.stem_pool_padding: must be 0 or 1"):
@@ -196,3 +206,34 @@ def test_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
   )
   with pytest.raises(FloatingPointError, match=r"at step \d+"):
     train.train_and_evaluate(config, str(tmp_path / "nan"))
+
+
+def test_non_finite_gradient_norm_stops_the_run_naming_the_step():
+  metrics = {"loss": np.float32(2.0), "grad_norm": np.float32(np.inf)}
+  metrics.update(softmax_loss=np.float32(1.5), triplet_loss=np.float32(0.5))
+  with pytest.raises(FloatingPointError, match=r"gradient norm inf at step 7"):
+    train._flush_metrics([(7, metrics)], writer=None, schedule=None)
+
+
+def test_a_host_array_in_the_train_step_is_an_error(data_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(train, "global_batch", lambda local, sharding: local)
+  with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
+    train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "guarded"))
+
+
+def test_preemption_stop_writes_the_pending_metrics(data_dir, tmp_path, monkeypatch):
+  """Metrics wait on device for the next log step; a preemption stop must write them first."""
+  calls = []
+
+  def preempted_at_step_3(self):
+    calls.append(None)
+    return len(calls) == 3
+
+  monkeypatch.setattr(
+    train.checkpoint_lib.Checkpointer, "preemption_requested", preempted_at_step_3
+  )
+  workdir = tmp_path / "preempted"
+  config = tiny_config(data_dir, **{"train.log_every_steps": 100})
+  assert train.train_and_evaluate(config, str(workdir)) == {"preempted_at_step": 3}
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [line["step"] for line in lines if "train/loss" in line] == [3]
