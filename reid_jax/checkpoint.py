@@ -260,16 +260,17 @@ def load_params_for_finetuning(
   model, directory: str | os.PathLike, *, skip: tuple[str, ...] = ("head", "classifier")
 ) -> list[str]:
   """Copies weights and BatchNorm statistics from the latest checkpoint in `directory` into
-  `model` (in place), leaving out the variables whose path starts with `skip` (by default the
-  identity classifier, whose size is the source dataset's number of identities).
+  `model` (in place), all but the variables under the path `skip`: by default the identity
+  classifier, whose size is the source dataset's number of identities. The bottleneck (the
+  head's fc and BatchNorm) computes the retrieval feature and is copied.
 
   The checkpoint's optimiser state, step and RNG are not used: fine-tuning starts afresh.
-  Returns the paths copied.
+  Every variable is checked before any is written. Returns the paths copied.
 
   Raises:
       FileNotFoundError: no checkpoint in `directory`.
-      ValueError: a variable of `model` is missing from the checkpoint or has another shape
-          (the message names it): the checkpoint is of another architecture.
+      ValueError: the checkpoint was not written by this trainer, or a variable of `model` is
+          missing from it or has another shape (the message names it).
   """
   from flax import nnx  # deferred: the rest of this module is framework-agnostic
 
@@ -278,17 +279,20 @@ def load_params_for_finetuning(
   if latest is None:
     raise FileNotFoundError(f"No checkpoint in {directory} to fine-tune from.")
   step, saved = latest
-  # The trainer saves nnx.state((model, optimizer)): the model's variables sit under '0'.
-  saved_model = saved["state"]["0"] if "0" in saved["state"] else saved["state"]
+  # The trainer saves nnx.state((model, optimizer)): the model's variables sit under '0', each
+  # stored as its value.
+  if "0" not in saved["state"]:
+    raise ValueError(f"{directory}/{step} holds no model state ('0'): not written by this trainer")
   flat_saved = {
-    _path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(saved_model)[0]
+    _path_str(path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(saved["state"]["0"])[0]
   }
-  copied = []
+  updates = []
   for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
-    key = "/".join(str(p) for p in path)
     if tuple(str(p) for p in path[: len(skip)]) == tuple(skip):
       continue
-    value = flat_saved.get(key + "/value", flat_saved.get(key))
+    key = "/".join(str(p) for p in path)
+    value = flat_saved.get(f"{key}/value")
     if value is None:
       raise ValueError(
         f"{directory}/{step}: no variable {key!r} in the checkpoint; is it of another architecture?"
@@ -298,6 +302,7 @@ def load_params_for_finetuning(
         f"{directory}/{step}: {key!r} has shape {tuple(value.shape)}, the "
         f"model expects {tuple(variable.shape)}"
       )
+    updates.append((key, variable, value))
+  for _, variable, value in updates:
     variable.set_value(jax.numpy.asarray(value, variable[...].dtype))
-    copied.append(key)
-  return copied
+  return [key for key, _, _ in updates]

@@ -106,7 +106,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.init.torchvision_resnet50 = ""  # 2D ResNet-50 to inflate: torchvision (ImageNet),
   # torchreid or fast-reid (re-id)
   c.init.temporal_init = "mean"  # inflation rule of the 2D weights: mean | center
-  c.init.checkpoint = ""  # a checkpoint directory to fine-tune from (head excluded)
+  c.init.checkpoint = ""  # a checkpoint directory to fine-tune from (its classifier excluded)
   return c
 
 

@@ -214,3 +214,66 @@ def test_async_save_is_complete_after_close(tmp_path):
   restored, _ = reopened.restore(abstract_state=_abstract(state))
   reopened.close()
   np.testing.assert_array_equal(restored["big"], state["big"])
+
+
+def _trained_reid_state(num_classes, stage_depths=(1, 1, 1, 1)):
+  """A small ReIDNet and its Adam state, with every parameter and statistic moved off its
+  initial value, as the trainer saves them."""
+  from reid_jax.models import create_model
+
+  model = create_model(
+    "resnet3d50", num_classes=num_classes, rngs=nnx.Rngs(0), stage_depths=stage_depths, width=4
+  )
+  for _, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+    variable.set_value(variable[...] + 0.5)
+  return model, nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+
+def test_finetuning_copies_all_but_the_classifier(tmp_path):
+  from reid_jax.checkpoint import load_params_for_finetuning
+
+  source, optimizer = _trained_reid_state(num_classes=7)
+  ckpt = Checkpointer(tmp_path / "ckpt", save_every_steps=1, handle_sigterm=False)
+  ckpt.maybe_save(3, state=nnx.state((source, optimizer)), meta={"step": 3}, force=True)
+  ckpt.close()
+
+  target, _ = _trained_reid_state(num_classes=4)
+  fresh_classifier = np.asarray(target.head.classifier.kernel[...]).copy()
+  for _, variable in nnx.to_flat_state(nnx.state(target, nnx.Any(nnx.Param, nnx.BatchStat))):
+    variable.set_value(jnp.zeros_like(variable[...]))
+  target.head.classifier.kernel.set_value(jnp.asarray(fresh_classifier))
+  copied = load_params_for_finetuning(target, tmp_path / "ckpt")
+
+  assert "conv1/kernel" in copied and "head/fc/kernel" in copied and "head/bn/mean" in copied
+  assert not [k for k in copied if k.startswith("head/classifier")]
+  for path, variable in nnx.to_flat_state(nnx.state(target, nnx.Any(nnx.Param, nnx.BatchStat))):
+    key = "/".join(map(str, path))
+    if key.startswith("head/classifier"):
+      continue
+    want = nnx.to_flat_state(nnx.state(source, nnx.Any(nnx.Param, nnx.BatchStat)))
+    np.testing.assert_array_equal(variable[...], dict(want)[path][...], err_msg=key)
+  np.testing.assert_array_equal(target.head.classifier.kernel[...], fresh_classifier)
+
+
+def test_finetuning_from_another_architecture_names_the_variable_and_writes_nothing(tmp_path):
+  from reid_jax.checkpoint import load_params_for_finetuning
+
+  source, optimizer = _trained_reid_state(num_classes=7)
+  ckpt = Checkpointer(tmp_path / "ckpt", save_every_steps=1, handle_sigterm=False)
+  ckpt.maybe_save(3, state=nnx.state((source, optimizer)), meta={"step": 3}, force=True)
+  ckpt.close()
+  # One more block in res5: the variables before it match, its own are missing.
+  deeper, _ = _trained_reid_state(num_classes=7, stage_depths=(1, 1, 1, 2))
+  before = _leaves(nnx.state(deeper))
+  with pytest.raises(ValueError, match=r"no variable 'layer4/1/bn1/bias' in the checkpoint"):
+    load_params_for_finetuning(deeper, tmp_path / "ckpt")
+  for a, b in zip(_leaves(nnx.state(deeper)), before):
+    np.testing.assert_array_equal(a, b)
+
+  other = Checkpointer(tmp_path / "other", save_every_steps=1, handle_sigterm=False)
+  other.maybe_save(1, state={"weights": jnp.ones(3)}, meta={"step": 1}, force=True)
+  other.close()
+  with pytest.raises(ValueError, match="holds no model state"):
+    load_params_for_finetuning(deeper, tmp_path / "other")
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    load_params_for_finetuning(deeper, tmp_path / "nowhere")
