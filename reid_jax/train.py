@@ -10,7 +10,6 @@ device of every process, parameters are replicated, and XLA inserts the cross-de
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -404,22 +403,20 @@ def evaluate_state(
 
 
 def _frames_fn(data_dir: str, config, max_frames: int = 32):
-  """`tracklet row -> uint8 [n, H, W, 3]`: its first `max_frames` frames, resized as the model
-  sees them, for the ranked-results sheets and the attention picture."""
-  from PIL import Image
-
-  from reid_jax.data import tracklets
+  """`tracklet row -> uint8 [n, H, W, 3]`: its first `max_frames` frames, decoded and resized
+  by the evaluation pipeline's own function, for the ranked-results sheets and the attention
+  picture (which thus runs the model on the pixels evaluation gives it)."""
+  from reid_jax.data import pipeline, tracklets
 
   index = tracklets.load_index(data_dir, config.dataset.name, "eval")
   reader = tracklets.FrameReader(data_dir, config.dataset.name, index)
-  size = (config.data.width, config.data.height)
 
   def frames(row: int) -> np.ndarray:
     start, end = index["frame_start"][row], index["frame_start"][row + 1]
     jpegs = reader(np.arange(start, min(end, start + max_frames)))
     return np.stack(
       [
-        np.asarray(Image.open(io.BytesIO(bytes(j))).convert("RGB").resize(size, Image.BILINEAR))
+        pipeline.decode_eval_frame(bytes(j), config.data.height, config.data.width).numpy()
         for j in jpegs
       ]
     )

@@ -237,3 +237,23 @@ def test_preemption_stop_writes_the_pending_metrics(data_dir, tmp_path, monkeypa
   assert train.train_and_evaluate(config, str(workdir)) == {"preempted_at_step": 3}
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in lines if "train/loss" in line] == [3]
+
+
+def test_report_pictures_show_the_pixels_evaluation_feeds_the_model(data_dir):
+  from reid_jax import data as data_lib
+
+  config = tiny_config(data_dir)
+  d = config.data
+  eval_iter, _ = data_lib.make_eval_iterator(
+    str(data_dir),
+    "mars",
+    batch_size=d.eval_batch_size,
+    num_frames=d.num_frames,
+    height=d.height,
+    width=d.width,
+  )
+  batch = next(eval_iter)
+  eval_iter.close()
+  first_chunk = int(np.flatnonzero(batch["tracklet"] == 0)[0])  # frames 0..T-1 of tracklet 0
+  frames = train._frames_fn(str(data_dir), config)(0)
+  np.testing.assert_array_equal(frames[: d.num_frames], batch["clips"][first_chunk])

@@ -121,12 +121,15 @@ def _train_clip_fn(num_frames: int, height: int, width: int):
   return clip_fn
 
 
+def decode_eval_frame(jpeg, height: int, width: int) -> tf.Tensor:
+  """A JPEG -> the uint8 `height x width x 3` frame evaluation feeds the model (also what the
+  report's pictures show and what the attention picture runs the model on)."""
+  return _resize(tf.io.decode_jpeg(jpeg, channels=3), height, width)
+
+
 def _eval_clip_fn(num_frames: int, height: int, width: int):
   def clip_fn(row):
-    frames = [
-      _resize(tf.io.decode_jpeg(row["frames"][t], channels=3), height, width)
-      for t in range(num_frames)
-    ]
+    frames = [decode_eval_frame(row["frames"][t], height, width) for t in range(num_frames)]
     return dict(
       clips=tf.stack(frames),
       frame_mask=row["frame_mask"],
