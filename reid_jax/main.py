@@ -16,9 +16,16 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.py"
-)
+
+def _default_config() -> str:
+  """configs/synthetic.py: beside the package in a source checkout, inside it once installed
+  (pyproject.toml installs configs/ as reid_jax/configs)."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  checkout = os.path.join(os.path.dirname(package), "configs", "synthetic.py")
+  return checkout if os.path.exists(checkout) else os.path.join(package, "configs", "synthetic.py")
+
+
+_DEFAULT_CONFIG = _default_config()
 
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", "workdirs/demo", "Checkpoints, logs, metrics and pictures.")
