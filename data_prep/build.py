@@ -27,6 +27,8 @@ looks finished. Re-running a finished build does nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -75,13 +77,16 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
   staging = tempfile.mkdtemp(prefix=f".{dataset}.incomplete-", dir=data_dir)
   try:
     builder = builders.BUILDERS[dataset](data_dir=staging)
-    builder.download_and_prepare(
-      download_dir=os.path.join(staging, "downloads"),
-      download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir,
-        compute_stats=tfds.download.ComputeStatsMode.SKIP,
-      ),
-    )
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." naming the staging
+    # folder; the table printed below says what was built, and where.
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+        download_dir=os.path.join(staging, "downloads"),
+        download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir,
+          compute_stats=tfds.download.ComputeStatsMode.SKIP,
+        ),
+      )
     staged = os.path.join(staging, dataset)
     version_dir = os.path.relpath(builder.data_dir, staged)
     os.makedirs(os.path.join(staged, "index"))

@@ -12,6 +12,8 @@ per-tracklet features to `<workdir>/features_step<N>.npz`). Multi-process runs s
 
 import logging as std_logging
 import os
+import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,6 +45,29 @@ flags.DEFINE_integer("process_id", None, "This process's index in an explicit ru
 flags.DEFINE_integer("cpu_devices", None, "Number of CPU devices to expose (testing).")
 
 
+def _import_tensorflow_quietly() -> None:
+  """Imports TensorFlow (the input pipeline's) with the process's stderr captured.
+
+  Its C++ logs INFO lines while it loads (the oneDNN notice, CPU features, absl's "before
+  InitializeLog" warning) before its log level applies, so TF_CPP_MIN_LOG_LEVEL cannot stop
+  them. The capture is shown if the import fails; later warnings print as usual.
+  """
+  sys.stderr.flush()
+  with tempfile.TemporaryFile() as capture:
+    saved = os.dup(2)
+    os.dup2(capture.fileno(), 2)
+    try:
+      import tensorflow  # noqa: F401
+    except BaseException:
+      os.dup2(saved, 2)
+      capture.seek(0)
+      sys.stderr.write(capture.read().decode(errors="replace"))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -69,6 +94,7 @@ def main(argv):
   run_log.addHandler(handler)
   run_log.propagate = False
 
+  _import_tensorflow_quietly()
   from reid_jax import train  # imports TensorFlow and JAX models: after initialisation
 
   config = flags.FLAGS.config

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,3 +258,32 @@ def test_report_pictures_show_the_pixels_evaluation_feeds_the_model(data_dir):
   first_chunk = int(np.flatnonzero(batch["tracklet"] == 0)[0])  # frames 0..T-1 of tracklet 0
   frames = train._frames_fn(str(data_dir), config)(0)
   np.testing.assert_array_equal(frames[: d.num_frames], batch["clips"][first_chunk])
+
+
+def test_the_run_log_holds_the_runs_own_lines(tmp_path):
+  """A fresh run (dataset generated and converted, then trained) prints its own log and the
+  dataset table, not TensorFlow's start-up notices nor TFDS's download messages."""
+  config_flags = tiny_flags(
+    tmp_path / "data", **{"optim.total_epochs": 1, "optim.decay_start_epoch": 0}
+  )
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "reid_jax.main",
+      "--config=configs/synthetic.py",
+      f"--workdir={tmp_path / 'run'}",
+      *config_flags,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr
+  lines = (result.stdout + result.stderr).splitlines()
+  run_line = re.compile(r"^\d\d:\d\d:\d\d |^(split|train|query|gallery) ")
+  assert [line for line in lines if not run_line.match(line)] == []
+  assert any("protocol mars: rank-1" in line for line in lines)
