@@ -91,13 +91,33 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     train.prepare_dataset(config, str(tmp_path))
 
 
-def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
-  """One run straight through; another SIGTERMed mid-way and restarted: same final weights."""
-  total = 10  # 5 epochs x 2 steps
-  straight = tmp_path / "straight"
-  results = train.train_and_evaluate(tiny_config(data_dir), str(straight))
-  assert 0.0 <= results["rank1"] <= 1.0 and results["protocol"] == "mars"
+TOTAL_STEPS = 10  # the tiny config: 5 epochs x 2 steps
 
+
+@pytest.fixture(scope="module")
+def straight_run(data_dir, tmp_path_factory):
+  """One tiny run straight through: its workdir and final evaluation."""
+  workdir = tmp_path_factory.mktemp("straight")
+  return workdir, train.train_and_evaluate(tiny_config(data_dir), str(workdir))
+
+
+def final_eval_line(workdir) -> dict:
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [line for line in lines if "eval/rank1" in line][-1]
+
+
+def test_training_records_its_final_evaluation(straight_run):
+  workdir, results = straight_run
+  assert results["protocol"] == "mars" and results["step"] == TOTAL_STEPS
+  recorded = final_eval_line(workdir)
+  assert recorded["step"] == TOTAL_STEPS
+  for key in ("rank1", "rank5", "mAP", "mINP"):
+    assert recorded[f"eval/{key}"] == pytest.approx(results[key], rel=1e-6)
+
+
+def test_killed_run_resumes_to_the_same_parameters(data_dir, straight_run, tmp_path):
+  """A run SIGTERMed mid-way and restarted ends with the straight run's weights, bit for bit."""
+  straight, _ = straight_run
   resumed = tmp_path / "resumed"
   cmd = [
     sys.executable,
@@ -124,30 +144,52 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
   assert proc.returncode == 0, output
   assert "Stopping at step" in output, output
   stopped_at = max(int(d.name) for d in (resumed / "checkpoints").iterdir() if d.name.isdigit())
-  assert 2 <= stopped_at < total
+  assert 2 <= stopped_at < TOTAL_STEPS
 
   train.train_and_evaluate(tiny_config(data_dir), str(resumed))
-  a, b = saved_arrays(straight, total), saved_arrays(resumed, total)
+  a, b = saved_arrays(straight, TOTAL_STEPS), saved_arrays(resumed, TOTAL_STEPS)
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=jax.tree_util.keystr(key))
 
-  # eval restores any step and writes the report; extract writes per-tracklet features.
-  config = tiny_config(data_dir, mode="eval", **{"eval.step": 4})
-  restored = train.evaluate_checkpoint(config, str(straight))
-  assert restored["step"] == 4
-  metrics = json.loads((straight / "metrics.json").read_text())
-  assert {"protocol", "rank1", "rank5", "rank10", "rank20", "mAP", "mINP"} <= metrics.keys()
-  assert (straight / "cmc.png").exists() and list(straight.glob("attention_q*.png"))
-  path = train.extract(tiny_config(data_dir, mode="extract"), str(straight))
-  with np.load(path) as saved:
-    assert saved["features"].shape == (len(saved["pids"]), 16)
-    assert np.isfinite(saved["features"]).all()
 
-  # A checkpoint of another shape is a clear error naming a variable.
+def test_eval_restores_a_step_and_reproduces_its_numbers(data_dir, straight_run):
+  """eval of the last step gives exactly the training run's final evaluation; of an earlier
+  step, that step's numbers, and the report files."""
+  workdir, results = straight_run
+  again = train.evaluate_checkpoint(tiny_config(data_dir, mode="eval"), str(workdir))
+  assert again["step"] == TOTAL_STEPS
+  for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
+    assert again[key] == results[key], key
+  earlier = train.evaluate_checkpoint(
+    tiny_config(data_dir, mode="eval", **{"eval.step": 4}), str(workdir)
+  )
+  assert earlier["step"] == 4
+  assert json.loads((workdir / "metrics.json").read_text())["mAP"] == earlier["mAP"]
+  assert (workdir / "cmc.png").exists() and list(workdir.glob("attention_q*.png"))
+
+
+def test_extract_writes_the_features_eval_scores(data_dir, straight_run):
+  """The extracted features, scored with the run's protocol, give the run's final numbers."""
+  from reid_jax import data as data_lib
+  from reid_jax import evaluation
+
+  workdir, results = straight_run
+  path = train.extract(tiny_config(data_dir, mode="extract"), str(workdir))
+  assert path.endswith(f"features_step{TOTAL_STEPS}.npz")
+  with np.load(path) as saved:
+    features = saved["features"]
+    table = data_lib.TrackletTable(**{k: saved[k] for k in saved.files if k != "features"})
+  assert features.shape == (len(table.pids), 16)
+  scored = evaluation.run_protocol("mars", features, table)
+  assert scored["rank1"] == results["rank1"] and scored["mAP"] == pytest.approx(results["mAP"])
+
+
+def test_a_checkpoint_of_another_width_is_named(data_dir, straight_run):
+  workdir, _ = straight_run
   wider = tiny_config(data_dir, mode="eval", **{"model.width": 8})
   with pytest.raises(ValueError, match="first mismatch at"):
-    train.evaluate_checkpoint(wider, str(straight))
+    train.evaluate_checkpoint(wider, str(workdir))
 
 
 def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(data_dir, tmp_path):
