@@ -74,15 +74,16 @@ def compile_step(config, devices) -> dict:
   import jax
   import numpy as np
 
+  from reid_jax import state as state_lib
   from reid_jax import train
 
   import train_step as step_bench  # noqa: E402
 
-  setup = train.build_state(
+  setup = state_lib.build_state(
     config,
     num_classes=step_bench.NUM_CLASSES,
     steps_per_epoch=100,
-    mesh=train.make_mesh(devices),
+    mesh=state_lib.make_mesh(devices),
     abstract=True,
   )
   d = config.data

@@ -155,13 +155,13 @@ def interleaved(config, batch, steps: int) -> dict:
 def inference(config, batch, steps: int) -> None:
   """Evaluation-mode features of the same clips, JAX and PyTorch eager in turn (what `eval`,
   `extract` and serving pay); prints each pair and the median ratio."""
-  from reid_jax import train
+  from reid_jax import state as state_lib
 
-  setup = train.build_state(
-    config, num_classes=jax_bench.NUM_CLASSES, steps_per_epoch=100, mesh=train.make_mesh()
+  setup = state_lib.build_state(
+    config, num_classes=jax_bench.NUM_CLASSES, steps_per_epoch=100, mesh=state_lib.make_mesh()
   )
-  feature_fn = train.make_feature_fn(setup)
-  clips = train.global_batch({"clips": batch["clips"]}, setup.batch_sharding)["clips"]
+  feature_fn = state_lib.make_feature_fn(setup)
+  clips = state_lib.global_batch({"clips": batch["clips"]}, setup.batch_sharding)["clips"]
   arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
   net = ReIDNet(arch, jax_bench.NUM_CLASSES).eval()
   mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in NORMALIZATIONS[setup.normalization])

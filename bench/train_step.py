@@ -5,10 +5,10 @@ r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, l
         [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
         [--profile DIR]
 
-The step is `reid_jax.train.make_train_step` on the state of `build_state` (625 classes, the
-MARS training identities) over every local device, fed random uint8 clips whose labels form
-identity-balanced P x K groups (K = 4) so the batch-hard triplet loss mines as in training. No
-dataset is read. FLOPs are XLA's cost analysis of the compiled step (a multiply-add is 2 FLOPs;
+The step is `reid_jax.train.make_train_step` on the state of `reid_jax.state.build_state` (625
+classes, the MARS training identities) over every local device, fed random uint8 clips whose
+labels form identity-balanced P x K groups (K = 4) so the batch-hard triplet loss mines as in
+training. No dataset is read. FLOPs are XLA's cost analysis of the compiled step (a multiply-add is 2 FLOPs;
 forward, backward and optimiser); on a GPU, MFU is against the device's dense bf16 peak whatever
 `--dtype`, the usual convention. `--profile DIR` traces one more step with `jax.profiler` into DIR
 (TensorBoard's profile plugin reads it) and prints the time of XLA's ops per kind (the fusion or
@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from reid_jax import state as state_lib
 from reid_jax import train
 
 NUM_CLASSES = 625
@@ -110,10 +111,10 @@ class CompiledStep:
   """The compiled train step of `config` with its state and a random batch."""
 
   def __init__(self, config):
-    setup = train.build_state(
-      config, num_classes=NUM_CLASSES, steps_per_epoch=100, mesh=train.make_mesh()
+    setup = state_lib.build_state(
+      config, num_classes=NUM_CLASSES, steps_per_epoch=100, mesh=state_lib.make_mesh()
     )
-    self.batch = train.global_batch(random_batch(config), setup.batch_sharding)
+    self.batch = state_lib.global_batch(random_batch(config), setup.batch_sharding)
     step_fn = train.make_train_step(setup, config)
     start = time.perf_counter()
     self.compiled = step_fn.lower(setup.state, self.batch).compile()

@@ -95,7 +95,9 @@ def main(argv):
   run_log.propagate = False
 
   _import_tensorflow_quietly()
-  from reid_jax import train  # imports TensorFlow and JAX models: after initialisation
+  # These import TensorFlow and the JAX models: after initialisation.
+  from reid_jax import train
+  from reid_jax.evaluation import runner
 
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
@@ -110,9 +112,9 @@ def main(argv):
   if config.mode == "train":
     train.train_and_evaluate(config, workdir)
   elif config.mode == "eval":
-    train.evaluate_checkpoint(config, workdir)
+    runner.evaluate_checkpoint(config, workdir)
   elif config.mode == "extract":
-    train.extract(config, workdir)
+    runner.extract(config, workdir)
   else:
     raise app.UsageError(f"config.mode must be train, eval or extract, got {config.mode!r}")
 

@@ -20,10 +20,10 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A tiny synthetic MARS, generated and built with the real converter, for trainer tests."""
-  from reid_jax import train
+  from reid_jax.data import prepare
 
   from tiny_training import tiny_config
 
   root = tmp_path_factory.mktemp("tiny_mars")
-  train.prepare_dataset(tiny_config(root / "data"), str(root))
+  prepare.prepare_dataset(tiny_config(root / "data"), str(root))
   return root / "data"

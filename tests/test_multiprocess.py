@@ -12,6 +12,7 @@ import numpy as np
 from test_launch import clean_env, write_fake_srun
 
 from reid_jax import train
+from reid_jax.evaluation import runner
 
 from tiny_training import tiny_config, tiny_flags
 
@@ -119,7 +120,7 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
     )
 
   # The checkpoint written by the 2-process run is restored by a 1-process eval.
-  restored = train.evaluate_checkpoint(tiny_config(data_dir, mode="eval", **SHORT), str(two))
+  restored = runner.evaluate_checkpoint(tiny_config(data_dir, mode="eval", **SHORT), str(two))
   assert restored["step"] == 4
   written = final_eval(two)
   np.testing.assert_allclose(restored["mAP"], written["eval/mAP"], rtol=1e-5)

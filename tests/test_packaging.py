@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_an_installed_package_has_its_default_config(tmp_path):
+  # Built from a copy of the tracked files: a build in place would leave build/ in the checkout.
+  source = tmp_path / "source"
+  tracked = subprocess.run(
+    ["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True
+  ).stdout.split()
+  for name in tracked:
+    (source / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(os.path.join(REPO, name), source / name)
   subprocess.run(
     [
       sys.executable,
@@ -20,7 +29,7 @@ def test_an_installed_package_has_its_default_config(tmp_path):
       "-q",
       "-w",
       str(tmp_path / "wheel"),
-      REPO,
+      str(source),
     ],
     check=True,
     capture_output=True,

@@ -14,7 +14,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from reid_jax import config as config_lib
+from reid_jax import state as state_lib
 from reid_jax import train
+from reid_jax.data import prepare
+from reid_jax.evaluation import runner
 
 from tiny_training import tiny_config, tiny_flags
 
@@ -88,7 +91,7 @@ def test_validation_names_the_field():
 def test_missing_dataset_is_a_clear_error(tmp_path):
   config = tiny_config(tmp_path / "nothing", **{"dataset.synthetic.identities": 0})
   with pytest.raises(FileNotFoundError, match="manual_dir"):
-    train.prepare_dataset(config, str(tmp_path))
+    prepare.prepare_dataset(config, str(tmp_path))
 
 
 TOTAL_STEPS = 10  # the tiny config: 5 epochs x 2 steps
@@ -157,11 +160,11 @@ def test_eval_restores_a_step_and_reproduces_its_numbers(data_dir, straight_run)
   """eval of the last step gives exactly the training run's final evaluation; of an earlier
   step, that step's numbers, and the report files."""
   workdir, results = straight_run
-  again = train.evaluate_checkpoint(tiny_config(data_dir, mode="eval"), str(workdir))
+  again = runner.evaluate_checkpoint(tiny_config(data_dir, mode="eval"), str(workdir))
   assert again["step"] == TOTAL_STEPS
   for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
     assert again[key] == results[key], key
-  earlier = train.evaluate_checkpoint(
+  earlier = runner.evaluate_checkpoint(
     tiny_config(data_dir, mode="eval", **{"eval.step": 4}), str(workdir)
   )
   assert earlier["step"] == 4
@@ -175,7 +178,7 @@ def test_extract_writes_the_features_eval_scores(data_dir, straight_run):
   from reid_jax import evaluation
 
   workdir, results = straight_run
-  path = train.extract(tiny_config(data_dir, mode="extract"), str(workdir))
+  path = runner.extract(tiny_config(data_dir, mode="extract"), str(workdir))
   assert path.endswith(f"features_step{TOTAL_STEPS}.npz")
   with np.load(path) as saved:
     features = saved["features"]
@@ -189,7 +192,7 @@ def test_a_checkpoint_of_another_width_is_named(data_dir, straight_run):
   workdir, _ = straight_run
   wider = tiny_config(data_dir, mode="eval", **{"model.width": 8})
   with pytest.raises(ValueError, match="first mismatch at"):
-    train.evaluate_checkpoint(wider, str(workdir))
+    runner.evaluate_checkpoint(wider, str(workdir))
 
 
 def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(data_dir, tmp_path):
@@ -222,14 +225,16 @@ def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(da
   meta = train.checkpoint_lib.latest_meta(first / "checkpoints")
   assert meta["normalization"] == "kinetics"
   (tmp_path / "i3d_baseline.pkl").unlink()  # eval needs the checkpoint only
-  _, setup, _ = train._restore_for_eval(tiny_config(data_dir, **kinetics, mode="eval"), str(first))
+  _, setup, _ = state_lib.restore_for_eval(
+    tiny_config(data_dir, **kinetics, mode="eval"), str(first)
+  )
   assert setup.normalization == "kinetics"
   with pytest.raises(
     ValueError,
     match=r"config.model.stem_pool_padding is 1, but the "
     r"checkpoint in .* was trained with 0",
   ):
-    train.evaluate_checkpoint(
+    runner.evaluate_checkpoint(
       tiny_config(data_dir, **{**kinetics, "model.stem_pool_padding": 1}, mode="eval"), str(first)
     )
 
@@ -259,7 +264,7 @@ def test_non_finite_gradient_norm_stops_the_run_naming_the_step():
 
 
 def test_a_host_array_in_the_train_step_is_an_error(data_dir, tmp_path, monkeypatch):
-  monkeypatch.setattr(train, "global_batch", lambda local, sharding: local)
+  monkeypatch.setattr(state_lib, "global_batch", lambda local, sharding: local)
   with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
     train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "guarded"))
 
@@ -298,7 +303,7 @@ def test_report_pictures_show_the_pixels_evaluation_feeds_the_model(data_dir):
   batch = next(eval_iter)
   eval_iter.close()
   first_chunk = int(np.flatnonzero(batch["tracklet"] == 0)[0])  # frames 0..T-1 of tracklet 0
-  frames = train._frames_fn(str(data_dir), config)(0)
+  frames = runner.report_frames_fn(str(data_dir), config)(0)
   np.testing.assert_array_equal(frames[: d.num_frames], batch["clips"][first_chunk])
 
 

@@ -27,6 +27,8 @@ NUM_SPLITS = 10
 # Camera ids are 1-based in the TrackletTable; camera 1 (cam1 / cam_a) is the query side.
 QUERY_CAMERA = 1
 REPORTED_RANKS = (1, 5, 10, 20)
+# What every result holds, printed, logged and reported: CMC at REPORTED_RANKS, mAP, mINP.
+REPORTED_METRICS = (*(f"rank{k}" for k in REPORTED_RANKS), "mAP", "mINP")
 
 
 def protocol_sets(name: str, table, split: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +125,7 @@ def run_protocol(
     "splits": splits,
     "per_split": [{k: v for k, v in r.items() if k != "cmc"} for r in per_split],
   }
-  for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
+  for key in REPORTED_METRICS:
     values = np.array([r[key] for r in per_split], np.float64)
     result[key], result[f"{key}_std"] = float(values.mean()), float(values.std())
   for key in ("num_queries", "num_gallery", "num_valid_queries"):
