@@ -284,6 +284,11 @@ def jax_row(forms, x, w, flops, args) -> dict:
   }
 
 
+def torch_gflops(f, a, b, flops, args) -> float:
+  """GFLOP/s of the PyTorch function `f(a, b)` in the pass `args` asks for."""
+  return flops / time_call(torch_runner(f, a, b, args.pass_ == "train"), args.reps) / 1e9
+
+
 def bench_spatial(args, rng):
   rows = []
   for name, t, h, w_, cin, cout, k, stride in selected(SPATIAL_SHAPES, args.shapes):
@@ -298,34 +303,22 @@ def bench_spatial(args, rng):
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()  # NCDHW
     wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()  # OIHW
     pad = k // 2
-    row["torch_conv3d"] = (
-      flops
-      / time_call(
-        torch_runner(
-          lambda a, b: torch.nn.functional.conv3d(
-            a, b[:, :, None], stride=(1, stride, stride), padding=(0, pad, pad)
-          ),
-          xt.clone(),
-          wt.clone(),
-          args.pass_ == "train",
-        ),
-        args.reps,
-      )
-      / 1e9
+    row["torch_conv3d"] = torch_gflops(
+      lambda a, b: torch.nn.functional.conv3d(
+        a, b[:, :, None], stride=(1, stride, stride), padding=(0, pad, pad)
+      ),
+      xt.clone(),
+      wt.clone(),
+      flops,
+      args,
     )
     frames = torch.from_numpy(x.reshape(-1, h, w_, cin)).permute(0, 3, 1, 2).contiguous()
-    row["torch_conv2d"] = (
-      flops
-      / time_call(
-        torch_runner(
-          lambda a, b: torch.nn.functional.conv2d(a, b, stride=stride, padding=pad),
-          frames,
-          wt.clone(),
-          args.pass_ == "train",
-        ),
-        args.reps,
-      )
-      / 1e9
+    row["torch_conv2d"] = torch_gflops(
+      lambda a, b: torch.nn.functional.conv2d(a, b, stride=stride, padding=pad),
+      frames,
+      wt.clone(),
+      flops,
+      args,
     )
     rows.append((name, row))
     print_row(name, row, flush=True)
@@ -342,18 +335,8 @@ def bench_temporal(args, rng):
     row = jax_row(forms, x, w, flops, args)
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
     wt = torch.from_numpy(w).permute(2, 1, 0).contiguous()[..., None, None]  # O I k 1 1
-    row["torch_conv3d"] = (
-      flops
-      / time_call(
-        torch_runner(
-          lambda a, b: torch.nn.functional.conv3d(a, b, padding=(k // 2, 0, 0)),
-          xt,
-          wt,
-          args.pass_ == "train",
-        ),
-        args.reps,
-      )
-      / 1e9
+    row["torch_conv3d"] = torch_gflops(
+      lambda a, b: torch.nn.functional.conv3d(a, b, padding=(k // 2, 0, 0)), xt, wt, flops, args
     )
     rows.append((name, row))
     print_row(name, row, flush=True)
@@ -373,20 +356,14 @@ def bench_stem(args, rng):
     row = jax_row(forms, x, w, flops, args)
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
     wt = torch.from_numpy(w).permute(4, 3, 0, 1, 2).contiguous()  # O I t h w
-    row["torch_conv3d"] = (
-      flops
-      / time_call(
-        torch_runner(
-          lambda a, b: torch.nn.functional.conv3d(
-            a, b, stride=(1, stride, stride), padding=(k_t // 2, k // 2, k // 2)
-          ),
-          xt,
-          wt,
-          args.pass_ == "train",
-        ),
-        args.reps,
-      )
-      / 1e9
+    row["torch_conv3d"] = torch_gflops(
+      lambda a, b: torch.nn.functional.conv3d(
+        a, b, stride=(1, stride, stride), padding=(k_t // 2, k // 2, k // 2)
+      ),
+      xt,
+      wt,
+      flops,
+      args,
     )
     rows.append((name, row))
     print_row(name, row, flush=True)
