@@ -47,6 +47,19 @@ def extract_eval_features(setup: state_lib.Setup, config, data_dir: str, feature
   return features, table
 
 
+def _score(config, name: str, features, table, splits) -> dict:
+  """`run_protocol` with the evaluation settings of `config.eval`."""
+  return run_protocol(
+    name,
+    features,
+    table,
+    metric=config.eval.metric,
+    rerank=config.eval.rerank,
+    max_rank=config.eval.max_rank,
+    splits=splits,
+  )
+
+
 def evaluate_state(
   setup: state_lib.Setup, config, data_dir: str, workdir: str | None, *, step: int, feature_fn=None
 ) -> tuple[dict, np.ndarray, data_lib.TrackletTable]:
@@ -59,15 +72,7 @@ def evaluate_state(
   # A model trained on one person split is scored on that split only: the test people of the
   # other splits were its training people. `score_split_features` averages 10 models' splits.
   splits = [config.dataset.split_index] if name in protocols.SPLIT_PROTOCOLS else None
-  results = run_protocol(
-    name,
-    features,
-    table,
-    metric=config.eval.metric,
-    rerank=config.eval.rerank,
-    max_rank=config.eval.max_rank,
-    splits=splits,
-  )
+  results = _score(config, name, features, table, splits)
   results["step"] = step
   log.info(
     "Step %d, protocol %s: rank-1 %.2f%%  rank-5 %.2f%%  rank-10 %.2f%%  "
@@ -193,15 +198,7 @@ def score_split_features(config, workdir: str) -> dict:
         table = data_lib.TrackletTable(**{k: saved[k] for k in saved.files if k != "features"})
       elif not np.array_equal(saved["pids"], table.pids):
         raise ValueError(f"{path} holds another evaluation set than {paths[0]}")
-  results = run_protocol(
-    name,
-    features,
-    table,
-    metric=config.eval.metric,
-    rerank=config.eval.rerank,
-    max_rank=config.eval.max_rank,
-    splits=range(len(paths)),
-  )
+  results = _score(config, name, features, table, range(len(paths)))
   log.info(
     "%s over %d splits: rank-1 %.2f%% (std %.2f)  mAP %.2f%% (std %.2f)",
     name,
