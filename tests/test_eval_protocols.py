@@ -92,3 +92,46 @@ def test_split_protocols_average_over_splits(name):
 def test_unknown_protocol_raises():
   with pytest.raises(ValueError, match="unknown protocol"):
     protocol_sets("market", mars_like_table())
+
+
+def test_ten_split_mean_from_the_extracted_files(tmp_path):
+  """`eval` with `split_features`: the 10 models' `extract` files, each scored on its own split,
+  give `run_protocol`'s mean; a missing file or another evaluation set is named."""
+  from reid_jax import config as config_lib
+  from reid_jax.data import TrackletTable
+  from reid_jax.evaluation import runner
+
+  people = split_table()
+  table = TrackletTable(
+    pids=people.pids,
+    camids=people.camids,
+    tracklet_ids=np.arange(len(people.pids)),
+    num_frames=np.full(len(people.pids), 8),
+    is_query=people.is_query,
+    person_split_role=people.person_split_role,
+  )
+  rng = np.random.default_rng(2)
+  features = [rng.normal(size=(24, 3)).astype(np.float32) for _ in range(10)]
+  paths = []
+  for s, f in enumerate(features):  # what `extract` writes
+    paths.append(str(tmp_path / f"split{s}.npz"))
+    np.savez(paths[-1], features=f, **dataclasses.asdict(table))
+  config = config_lib.split_dataset_finetuning("ilidsvid")
+  config.eval.split_features = ",".join(paths)
+  results = runner.score_split_features(config, str(tmp_path))
+  expected = run_protocol("ilidsvid", features, table, max_rank=config.eval.max_rank)
+  for key in ("rank1", "rank1_std", "mAP", "mAP_std"):
+    assert results[key] == expected[key], key
+  assert (tmp_path / "metrics.json").exists()
+
+  config.eval.split_features = ",".join([*paths[:9], str(tmp_path / "nowhere.npz")])
+  with pytest.raises(FileNotFoundError, match="nowhere.npz"):
+    runner.score_split_features(config, str(tmp_path))
+  np.savez(
+    tmp_path / "other.npz",
+    features=features[0],
+    **{**dataclasses.asdict(table), "pids": table.pids[::-1].copy()},
+  )
+  config.eval.split_features = ",".join([*paths[:9], str(tmp_path / "other.npz")])
+  with pytest.raises(ValueError, match="other.npz holds another evaluation set"):
+    runner.score_split_features(config, str(tmp_path))
