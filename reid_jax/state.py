@@ -72,53 +72,37 @@ def build_state(
   (bench/memory.py).
   """
 
-  def new_model_and_optimizer(load_weights: bool):
-    model = create_model(
+  def new_model():
+    return create_model(
       config.model.name,
       num_classes=num_classes,
       rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
       **config_lib.model_overrides(config),
     )
-    if load_weights:
-      init = config.init
-      if init.kinetics_i3d:
-        load_kinetics_i3d(model, init.kinetics_i3d)
-      elif init.torchvision_resnet50:
-        load_torchvision_resnet50(
-          model, init.torchvision_resnet50, temporal_init=init.temporal_init
-        )
-      elif init.checkpoint:
-        meta = checkpoint_lib.latest_meta(init.checkpoint)
-        if meta is not None:
-          # A fine-tuned re-id model may change its last stride; the rest is the network the
-          # weights were trained in.
-          config_lib.check_same_network(
-            config,
-            meta["config"],
-            f"the checkpoint in {init.checkpoint}",
-            may_differ=("last_stride",),
-          )
-        checkpoint_lib.load_params_for_finetuning(
-          model, init.checkpoint, skip=("head", "classifier")
-        )
+
+  def with_optimizer(model):
     return model, nnx.Optimizer(
       model, optim.make_optimizer(config.optim, steps_per_epoch), wrt=nnx.Param
     )
 
   replicated = NamedSharding(mesh, PartitionSpec())
+  normalization = ""  # set by the initial weights, or by the checkpoint a restore reads
   if abstract:
-    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: new_model_and_optimizer(False)))
+    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: with_optimizer(new_model())))
     state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
     )
   else:
-    graphdef, state = nnx.split(new_model_and_optimizer(init_weights))
+    model = new_model()
+    if init_weights:
+      normalization = load_initial_weights(model, config)
+    graphdef, state = nnx.split(with_optimizer(model))
     state = replicate(state, replicated)
   return Setup(
     mesh=mesh,
     graphdef=graphdef,
     state=state,
-    normalization=init_normalization(config) if init_weights and not abstract else "",
+    normalization=normalization,
     replicated=replicated,
     batch_sharding=NamedSharding(mesh, PartitionSpec("data")),
     num_classes=num_classes,
@@ -126,16 +110,27 @@ def build_state(
   )
 
 
-def init_normalization(config) -> str:
-  """The input statistics `config.init`'s weights were trained with; a model trained from
-  scratch uses ImageNet's, like every 2D initialisation."""
-  if config.init.kinetics_i3d:
+def load_initial_weights(model, config) -> str:
+  """Loads `config.init` (at most one source) into `model` and returns the input normalisation
+  those weights were trained with; a model trained from scratch uses ImageNet's, like every 2D
+  initialisation."""
+  init = config.init
+  if init.kinetics_i3d:
+    load_kinetics_i3d(model, init.kinetics_i3d)
     return kinetics_weights.NORMALIZATION
-  if config.init.checkpoint:
-    meta = checkpoint_lib.latest_meta(config.init.checkpoint)
+  if init.checkpoint:
+    meta = checkpoint_lib.latest_meta(init.checkpoint)
     if meta is None:
-      raise FileNotFoundError(f"config.init.checkpoint: no checkpoint in {config.init.checkpoint}")
+      raise FileNotFoundError(f"config.init.checkpoint: no checkpoint in {init.checkpoint}")
+    # A fine-tuned re-id model may change its last stride; the rest is the network the weights
+    # were trained in.
+    config_lib.check_same_network(
+      config, meta["config"], f"the checkpoint in {init.checkpoint}", may_differ=("last_stride",)
+    )
+    checkpoint_lib.load_params_for_finetuning(model, init.checkpoint, skip=("head", "classifier"))
     return meta["normalization"]
+  if init.torchvision_resnet50:
+    load_torchvision_resnet50(model, init.torchvision_resnet50, temporal_init=init.temporal_init)
   return torchvision_weights.NORMALIZATION
 
 
