@@ -55,19 +55,18 @@ def read_weight_file(path: str | os.PathLike) -> WeightFile:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weights file not found: {path}")
-  with open(path, "rb") as f:
-    zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
   raw = None
-  if not zipped:
-    try:
-      with open(path, "rb") as f:
+  with open(path, "rb") as f:
+    if f.read(4) != b"PK\x03\x04":  # not a zip: torch.save's format since PyTorch 1.6
+      f.seek(0)
+      try:
         # Caffe2 pickles were written by Python 2: latin1 maps its byte strings to str
         # losslessly.
         raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except UnsafePickleError as e:
-      raise UnsafePickleError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
-      raw = None  # not a pickle of arrays: perhaps PyTorch's legacy format
+      except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+      except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
+        raw = None  # not a pickle of arrays: perhaps PyTorch's legacy format
   if isinstance(raw, Mapping) and ("blobs" in raw or _STEM_KEYS["caffe2"] in raw):
     blobs = raw.get("blobs", raw)
     tensors = {str(k): np.asarray(v) for k, v in blobs.items() if isinstance(v, np.ndarray)}
