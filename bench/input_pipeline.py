@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep import build as build_lib  # noqa: E402
-from data_prep import synthetic  # noqa: E402
+from data_prep import built, synthetic  # noqa: E402
 from reid_jax import data  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def main() -> None:
   parser.add_argument("--eval_steps", type=int, default=20, help="timed eval batches")
   args = parser.parse_args()
 
-  if not os.path.exists(os.path.join(args.data_dir, args.dataset, "stats.json")):
+  if not built.is_built(args.data_dir, args.dataset):
     if args.dataset != "mars":
       raise SystemExit(f"build {args.dataset} into {args.data_dir} first")
     download = os.path.join(args.data_dir, "synthetic_download")

@@ -2,25 +2,24 @@ r"""Builds a video re-id dataset from a user's download.
 
     python -m data_prep.build --dataset=mars --manual_dir=/data/MARS --data_dir=/data/reid
 
-`dataset` is one of mars, ilidsvid, prid2011, duke. The result, `<data_dir>/<dataset>/`, holds
-- `1.0.0/`: a standard TFDS dataset (TFRecord shards, one example per tracklet; see
-  `data_prep.builders`);
+`--dataset` is a name of `data_prep.datasets` (`--help` lists them with what to download). The
+result, `<data_dir>/<dataset>/` (the format is `data_prep.built`), holds
+- a standard TFDS dataset (TFRecord shards, one example per tracklet; see `data_prep.builders`);
 - `index/train.npz`, `index/eval.npz`: per tracklet its metadata and, per frame, the shard and byte
   range of its JPEG inside the shards. TFDS reads records sequentially, but the training sampler
   wants 8 frames of an arbitrary tracklet: with the byte ranges the input pipeline reads exactly
   those 8 JPEGs from memory-mapped shards, so a clip costs 8 small reads and 8 decodes whatever the
   tracklet's length (MARS tracklets reach 920 frames). `train` holds the tracklets training draws
-  from (MARS and Duke: the train split; iLIDS-VID and PRID2011: their one TFDS split,
-  `tracklets`, filtered per person split by the pipeline), `eval` the evaluation set (MARS: all
-  test tracklets, queries flagged; Duke: query then gallery; iLIDS-VID and PRID2011: all
-  tracklets of both cameras);
-- `stats.json`: per split (`train`, `query`, `gallery`; iLIDS-VID and PRID2011: person split 0)
-  tracklets, identities (junk -1 and distractor 0 not counted), frames, cameras and min / mean /
-  max tracklet length. Junk and distractor tracklets count in the gallery, which for MARS is all
-  test tracklets (official protocol).
+  from, `eval` the evaluation set, each made of the TFDS splits of the dataset's `views`;
+- `stats.json`: the dataset, its default protocol, and per split (`train`, `query`, `gallery` as
+  that protocol forms them; with person splits, those of split 0) tracklets, identities, frames,
+  cameras and min / mean / max tracklet length.
 
-The build is atomic: everything is written under `<data_dir>/.<dataset>.incomplete-*` and renamed
-to `<data_dir>/<dataset>` only when complete, so a failed or interrupted build leaves nothing that
+The layout is read and checked in full before anything is written, so a bad download fails in
+seconds naming the file. The build streams: images are encoded one tracklet at a time and the
+per-frame index columns go to disk as they are read, so memory does not grow with the frames.
+It is atomic: everything is written under `<data_dir>/.<dataset>.incomplete-*` and renamed to
+`<data_dir>/<dataset>` only when complete, so a failed or interrupted build leaves nothing that
 looks finished. Re-running a finished build does nothing.
 """
 
@@ -34,20 +33,21 @@ import os
 import shutil
 import struct
 import tempfile
+import textwrap
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from data_prep import layouts
+from data_prep import built, datasets
+from data_prep.dataset import Dataset, LayoutError
 
-# Which TFDS splits make up the training pool and the evaluation set of each dataset.
-VIEWS = {
-  "mars": {"train": ("train",), "eval": ("test",)},
-  "ilidsvid": {"train": ("tracklets",), "eval": ("tracklets",)},
-  "prid2011": {"train": ("tracklets",), "eval": ("tracklets",)},
-  "duke": {"train": ("train",), "eval": ("query", "gallery")},
+_FRAME_DTYPES = {
+  "frame_numbers": np.int64,
+  "frame_shard": np.int32,
+  "frame_offset": np.int64,
+  "frame_length": np.int64,
 }
-STATS_FIELDS = ("tracklets", "identities", "frames", "cameras", "min_len", "mean_len", "max_len")
 
 
 def build(dataset: str, manual_dir: str, data_dir: str) -> str:
@@ -55,19 +55,18 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
 
   A no-op (besides printing the statistics) when the dataset is already built.
   """
-  if dataset not in layouts.SPLITS:
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(layouts.SPLITS)}")
-  final_dir = os.path.join(data_dir, dataset)
-  stats_path = os.path.join(final_dir, "stats.json")
-  if os.path.exists(stats_path):
-    with open(stats_path) as f:
+  spec = datasets.get(dataset)
+  final_dir = built.dataset_dir(data_dir, dataset)
+  if built.is_built(data_dir, dataset):
+    with open(os.path.join(final_dir, built.FINISHED)) as f:
       print(f"{final_dir} is already built; nothing to do (delete it to rebuild).")
-      print(format_stats(json.load(f)))
+      print(built.format_stats(json.load(f)))
     return final_dir
   if os.path.exists(final_dir):
     raise FileExistsError(f"{final_dir} exists but holds no finished build; remove it first")
+  start = time.perf_counter()
   # Fail on layout errors before TFDS starts (and before the slow TensorFlow import).
-  layouts.read_layout(dataset, manual_dir)
+  check_layout(spec, manual_dir)
 
   import tensorflow_datasets as tfds
 
@@ -76,7 +75,7 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
   os.makedirs(data_dir, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{dataset}.incomplete-", dir=data_dir)
   try:
-    builder = builders.BUILDERS[dataset](data_dir=staging)
+    builder = builders.builder_class(dataset)(data_dir=staging)
     # TFDS prints "Downloading and preparing dataset Unknown size ..." naming the staging
     # folder; the table printed below says what was built, and where.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -90,18 +89,31 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
     staged = os.path.join(staging, dataset)
     version_dir = os.path.relpath(builder.data_dir, staged)
     os.makedirs(os.path.join(staged, "index"))
-    views = {}
-    for view, splits in VIEWS[dataset].items():
-      views[view] = index_splits(staged, version_dir, dataset, splits)
-      np.savez(os.path.join(staged, "index", f"{view}.npz"), **views[view])
-    stats = dataset_stats(dataset, views["train"], views["eval"])
-    with open(os.path.join(staged, "stats.json"), "w") as f:
+    for view in built.VIEWS:
+      write_index(staged, version_dir, spec, view, staging)
+    stats = dataset_stats(spec, *(_tracklet_columns(staged, view) for view in built.VIEWS))
+    stats["seconds"] = round(time.perf_counter() - start, 1)
+    with open(os.path.join(staged, built.FINISHED), "w") as f:
       json.dump(stats, f, indent=2)
     os.rename(staged, final_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-  print(format_stats(stats))
+  print(built.format_stats(stats))
   return final_dir
+
+
+def check_layout(spec: Dataset, manual_dir: str) -> int:
+  """Reads the whole layout once (without decoding images); returns the number of tracklets."""
+  if not os.path.isdir(manual_dir):
+    raise LayoutError(f"missing folder: {manual_dir} (the manual download directory)")
+  count = 0
+  for t in spec.read(manual_dir):
+    if t.split not in spec.splits:
+      raise ValueError(f"{spec.name}: reader yielded split {t.split!r}, not one of {spec.splits}")
+    count += 1
+  if not count:
+    raise LayoutError(f"{manual_dir}: no tracklets found")
+  return count
 
 
 def _tfrecords(path: str) -> Iterator[tuple[int, bytes]]:
@@ -117,76 +129,90 @@ def _tfrecords(path: str) -> Iterator[tuple[int, bytes]]:
       f.seek(4, os.SEEK_CUR)
 
 
-def index_splits(
-  dataset_dir: str, version_dir: str, dataset: str, splits: Sequence[str]
-) -> dict[str, np.ndarray]:
-  """Tracklet metadata and per-frame byte ranges of `splits`, read back from the shards.
+def write_index(root: str, version_dir: str, spec: Dataset, view: str, scratch: str) -> None:
+  """Writes `index/<view>.npz` of the dataset staged at `root`, read back from its shards.
 
   Reading the written records (rather than trusting the writer) makes the index describe exactly
-  what is on disk. Tracklets come split by split, each in the canonical `index` order.
+  what is on disk. Tracklets come split by split, each in its canonical `index` order. Per-frame
+  columns are appended to files under `scratch` and saved from memory maps, so memory holds only
+  the per-tracklet columns.
   """
   import tensorflow as tf
 
-  shards, rows = [], []
-  for split in splits:
-    prefix = f"{dataset}-{split}.tfrecord-"
-    names = sorted(
-      n for n in os.listdir(os.path.join(dataset_dir, version_dir)) if n.startswith(prefix)
-    )
-    split_rows = []
-    for name in names:
-      shard = len(shards)
-      shards.append(os.path.join(version_dir, name))
-      for offset, record in _tfrecords(os.path.join(dataset_dir, shards[-1])):
-        feature = tf.train.Example.FromString(record).features.feature
-        ints = lambda key: list(feature[key].int64_list.value)
-        frame_offsets, cursor = [], 0
-        for frame in feature["frames"].bytes_list.value:
-          # A frame's JPEG bytes appear verbatim (after a length prefix) in the record.
-          cursor = record.index(frame, cursor)
-          frame_offsets.append(offset + cursor)
-          cursor += len(frame)
-        split_rows.append(
-          dict(
-            index=ints("index")[0],
-            pid=ints("pid")[0],
-            camid=ints("camid")[0],
-            tracklet_id=ints("tracklet_id")[0],
-            role=ints("role")[0],
-            person_split_role=ints("person_split_role") if "person_split_role" in feature else [],
-            frame_numbers=ints("frame_numbers"),
-            frame_shard=[shard] * len(frame_offsets),
-            frame_offset=frame_offsets,
-            frame_length=[len(f) for f in feature["frames"].bytes_list.value],
-          )
-        )
-    rows += sorted(split_rows, key=lambda r: r["index"])
-  num_frames = np.array([len(r["frame_offset"]) for r in rows], np.int64)
-  column = lambda key, dtype: np.array([r[key] for r in rows], dtype)
-  frames = lambda key, dtype: np.concatenate([np.asarray(r[key], dtype) for r in rows])
-  return dict(
-    pids=column("pid", np.int64),
-    camids=column("camid", np.int64),
-    tracklet_ids=column("tracklet_id", np.int64),
-    roles=column("role", np.int8),
-    person_split_role=np.array([r["person_split_role"] for r in rows], np.int8).reshape(
-      len(rows), -1
+  tracklets = {key: [] for key in built.TRACKLET_KEYS if key != "frame_start"}
+  num_frames = [0]
+  columns = {key: open(os.path.join(scratch, f"{view}.{key}"), "wb") for key in _FRAME_DTYPES}
+  shards = []
+  try:
+    for split in spec.views[view]:
+      prefix = f"{spec.name}-{split}.tfrecord-"
+      names = sorted(n for n in os.listdir(os.path.join(root, version_dir)) if n.startswith(prefix))
+      expected = 0
+      for name in names:
+        shards.append(os.path.join(version_dir, name))
+        for offset, record in _tfrecords(os.path.join(root, shards[-1])):
+          feature = tf.train.Example.FromString(record).features.feature
+          ints = lambda key: list(feature[key].int64_list.value)
+          if ints("index")[0] != expected:
+            raise RuntimeError(f"{shards[-1]}: records out of canonical order at {expected}")
+          expected += 1
+          for key, name_in_record in (
+            ("pids", "pid"),
+            ("camids", "camid"),
+            ("tracklet_ids", "tracklet_id"),
+            ("roles", "role"),
+          ):
+            tracklets[key].append(ints(name_in_record)[0])
+          tracklets["person_split_role"].append(ints("person_split_role"))
+          jpegs = feature["frames"].bytes_list.value
+          offsets, cursor = [], 0
+          for jpeg in jpegs:
+            # A frame's JPEG bytes appear verbatim (after a length prefix) in the record.
+            cursor = record.index(jpeg, cursor)
+            offsets.append(offset + cursor)
+            cursor += len(jpeg)
+          values = {
+            "frame_numbers": ints("frame_numbers"),
+            "frame_shard": [len(shards) - 1] * len(jpegs),
+            "frame_offset": offsets,
+            "frame_length": [len(j) for j in jpegs],
+          }
+          for key, dtype in _FRAME_DTYPES.items():
+            columns[key].write(np.asarray(values[key], dtype).tobytes())
+          num_frames.append(len(jpegs))
+  finally:
+    for f in columns.values():
+      f.close()
+  index = {
+    "pids": np.array(tracklets["pids"], np.int64),
+    "camids": np.array(tracklets["camids"], np.int64),
+    "tracklet_ids": np.array(tracklets["tracklet_ids"], np.int64),
+    "roles": np.array(tracklets["roles"], np.int8),
+    "person_split_role": np.array(tracklets["person_split_role"], np.int8).reshape(
+      len(num_frames) - 1, spec.person_splits
     ),
-    frame_start=np.concatenate([[0], np.cumsum(num_frames)]),
-    frame_numbers=frames("frame_numbers", np.int64),
-    frame_shard=frames("frame_shard", np.int32),
-    frame_offset=frames("frame_offset", np.int64),
-    frame_length=frames("frame_length", np.int64),
-    shards=np.array(shards),
-  )
+    "frame_start": np.cumsum(num_frames),
+    "shards": np.array(shards),
+  }
+  for key, dtype in _FRAME_DTYPES.items():
+    path = os.path.join(scratch, f"{view}.{key}")
+    size = os.path.getsize(path) // np.dtype(dtype).itemsize
+    index[key] = np.memmap(path, dtype, "r") if size else np.zeros(0, dtype)
+  np.savez(built.index_path(root, view), **index)  # memory maps are written in chunks
 
 
-def _split_stats(pids: np.ndarray, camids: np.ndarray, lengths: np.ndarray) -> dict:
+def _tracklet_columns(root: str, view: str) -> dict[str, np.ndarray]:
+  with np.load(built.index_path(root, view)) as f:
+    return {key: f[key] for key in built.TRACKLET_KEYS}
+
+
+def _split_stats(pids: np.ndarray, camids: np.ndarray, lengths: np.ndarray, spec) -> dict:
   if len(pids) == 0:
-    return dict.fromkeys(STATS_FIELDS, 0)
+    return dict.fromkeys(built.STATS_FIELDS, 0)
+  people = pids[~np.isin(pids, spec.non_identity_pids)]
   return dict(
     tracklets=int(len(pids)),
-    identities=int(len(np.unique(pids[pids > 0]))),
+    identities=int(len(np.unique(people))),
     frames=int(lengths.sum()),
     cameras=int(len(np.unique(camids))),
     min_len=int(lengths.min()),
@@ -195,46 +221,55 @@ def _split_stats(pids: np.ndarray, camids: np.ndarray, lengths: np.ndarray) -> d
   )
 
 
-def dataset_stats(dataset: str, train: dict, evaluation: dict) -> dict[str, dict]:
-  """The statistics of `stats.json` from the train and eval indexes."""
-  query_role, gallery_role = layouts.ROLES.index("query"), layouts.ROLES.index("gallery")
+def dataset_stats(spec: Dataset, train: dict, evaluation: dict) -> dict:
+  """The statistics of `stats.json` from the per-tracklet columns of the train and eval index."""
+  protocol = spec.default_protocol
   train_rows = np.ones(len(train["pids"]), bool)
-  query_rows = evaluation["roles"] == query_role
-  gallery_rows = evaluation["roles"] == gallery_role
-  if dataset == "mars":  # official protocol: the gallery is every test tracklet
+  query_rows = evaluation["roles"] == built.ROLE_QUERY
+  gallery_rows = evaluation["roles"] == built.ROLE_GALLERY
+  if protocol.queries_in_gallery:
     gallery_rows |= query_rows
-  if evaluation["person_split_role"].shape[1]:  # person split 0
+  if spec.person_splits:  # person split 0
     train_rows &= train["person_split_role"][:, 0] == 0
     query_rows &= evaluation["person_split_role"][:, 0] == 1
     gallery_rows &= evaluation["person_split_role"][:, 0] == 1
-  stats = {}
+  splits = {}
   for name, index, rows in (
     ("train", train, train_rows),
     ("query", evaluation, query_rows),
     ("gallery", evaluation, gallery_rows),
   ):
     lengths = np.diff(index["frame_start"])[rows]
-    stats[name] = _split_stats(index["pids"][rows], index["camids"][rows], lengths)
-  return stats
-
-
-def format_stats(stats: dict[str, dict]) -> str:
-  """`stats.json` as a table, one row per split."""
-  lines = [f"{'split':<8}" + "".join(f"{f:>12}" for f in STATS_FIELDS)]
-  for split, row in stats.items():
-    lines.append(f"{split:<8}" + "".join(f"{row[f]:>12}" for f in STATS_FIELDS))
-  return "\n".join(lines)
+    splits[name] = _split_stats(index["pids"][rows], index["camids"][rows], lengths, spec)
+  return dict(
+    dataset=spec.name,
+    protocol=protocol.name,
+    person_split=0 if spec.person_splits else None,
+    splits=splits,
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dataset", required=True, choices=sorted(layouts.SPLITS))
+  epilog = "datasets:\n\n" + "\n\n".join(
+    textwrap.fill(f"{name}: {datasets.get(name).description}", 100, subsequent_indent="  ")
+    + "\n"
+    + textwrap.fill(
+      datasets.get(name).instructions, 100, initial_indent="  ", subsequent_indent="  "
+    )
+    for name in datasets.NAMES
+  )
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0],
+    epilog=epilog,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument("--dataset", required=True, choices=datasets.NAMES)
   parser.add_argument("--manual_dir", required=True, help="the user's download")
   parser.add_argument("--data_dir", required=True, help="where built datasets live")
   args = parser.parse_args(argv)
   try:
     build(args.dataset, args.manual_dir, args.data_dir)
-  except layouts.LayoutError as e:
+  except LayoutError as e:
     raise SystemExit(f"error: {e}") from None
 
 

@@ -1,11 +1,12 @@
-"""TensorFlow Datasets builders for the four video re-id datasets (manual downloads).
+"""TensorFlow Datasets builders for the datasets of `data_prep.datasets` (manual downloads).
 
 Each tracklet is one example: its JPEG frames in frame-number order, the frame numbers, pid,
-camera, tracklet id, role (train / query / gallery), its row `index` in the canonical order of
-`data_prep.layouts`, and for iLIDS-VID and PRID2011 the 10 person splits. The output is a standard
-TFDS dataset: `tfds.builder_from_directory('<data_dir>/<dataset>/1.0.0')` reads it without this
-code. `disable_shuffling` keeps the canonical order in the shards (easier to inspect; the training
-pipeline samples tracklets itself, so TFDS's write-time shuffle would buy nothing).
+camera, tracklet id, role (train / query / gallery), its row `index` in the canonical order of the
+dataset's layout reader, and for datasets with person splits the role of its person in each. The
+output is a standard TFDS dataset: `tfds.builder_from_directory('<data_dir>/<dataset>/1.0.0')`
+reads it without this code. `disable_shuffling` keeps the canonical order in the shards (easier to
+inspect; the training pipeline samples tracklets itself, so TFDS's write-time shuffle would buy
+nothing).
 
 Use `python -m data_prep.build`, which wraps these builders with the random-access frame index
 and statistics the input pipeline needs, and makes the whole build atomic.
@@ -13,31 +14,21 @@ and statistics the input pipeline needs, and makes the whole build atomic.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_prep import layouts
-
-_INSTRUCTIONS = {
-  "mars": "Download MARS (bbox_train.zip, bbox_test.zip and the info/ folder from "
-  "https://github.com/liangzheng06/MARS-evaluation) and unzip them into one folder holding "
-  "bbox_train/, bbox_test/ and info/; pass that folder as the manual directory.",
-  "ilidsvid": "Download and unpack iLIDS-VID.tar; pass the folder holding i-LIDS-VID/ (or "
-  'i-LIDS-VID/ itself, with sequences/ and "train-test people splits/") as the manual directory.',
-  "prid2011": "Download and unpack prid_2011.zip; pass the folder holding prid_2011/ (or "
-  "prid_2011/ itself, with multi_shot/) as the manual directory. Put splits_prid2011.json there "
-  f"to use the usual splits; without it 10 random splits with seed {layouts.PRID_SPLIT_SEED} "
-  "are made.",
-  "duke": "Download and unpack DukeMTMC-VideoReID.zip; pass the folder holding train/, query/ "
-  "and gallery/ (or its parent) as the manual directory.",
-}
+from data_prep import built, datasets, layout
+from data_prep.dataset import Dataset
 
 
 class _TrackletBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """One example per tracklet; subclasses name the dataset."""
+  """One example per tracklet; `builder_class` makes one subclass per dataset."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DATASET: Dataset
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
@@ -48,31 +39,32 @@ class _TrackletBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       "pid": np.int64,
       "camid": np.int64,
       "tracklet_id": np.int64,
-      "role": tfds.features.ClassLabel(names=layouts.ROLES),
+      "role": tfds.features.ClassLabel(names=built.ROLES),
       "index": np.int64,
     }
-    if self.name in ("ilidsvid", "prid2011"):
+    if self.DATASET.person_splits:
       features["person_split_role"] = tfds.features.Tensor(
-        shape=(layouts.NUM_PERSON_SPLITS,), dtype=np.int8
+        shape=(self.DATASET.person_splits,), dtype=np.int8
       )
     return tfds.core.DatasetInfo(
       builder=self,
-      description=self.__doc__,
+      description=self.DATASET.description,
       features=tfds.features.FeaturesDict(features),
       disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
-    tracklets = layouts.read_layout(self.name, str(dl_manager.manual_dir))
-    return {
-      split: self._generate_examples([t for t in tracklets if t.split == split])
-      for split in layouts.SPLITS[self.name]
-    }
+    manual_dir = str(dl_manager.manual_dir)
+    return {split: self._generate_examples(manual_dir, split) for split in self.DATASET.splits}
 
-  def _generate_examples(self, tracklets):
-    for index, t in enumerate(tracklets):
+  def _generate_examples(self, manual_dir, split):
+    # The reader runs once per split, so a streaming reader keeps one tracklet in memory.
+    index = 0
+    for t in self.DATASET.read(manual_dir):
+      if t.split != split:
+        continue
       example = {
-        "frames": [layouts.encode_frame(p) for p in t.frames],
+        "frames": [layout.encode_frame(p) for p in t.frames],
         "frame_numbers": np.asarray(t.frame_numbers, np.int64),
         "pid": t.pid,
         "camid": t.camid,
@@ -80,37 +72,25 @@ class _TrackletBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "role": t.role,
         "index": index,
       }
-      if t.person_split_role is not None:
+      if self.DATASET.person_splits:
         example["person_split_role"] = np.asarray(t.person_split_role, np.int8)
       yield index, example
+      index += 1
 
 
-class Mars(_TrackletBuilder, skip_registration=True):
-  """MARS (Zheng et al. 2016): 1,261 people, 6 cameras, 20,478 tracklets."""
-
-  name = "mars"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS["mars"]
-
-
-class Ilidsvid(_TrackletBuilder, skip_registration=True):
-  """iLIDS-VID (Wang et al. 2014): 300 people, 2 cameras, one tracklet per person and camera."""
-
-  name = "ilidsvid"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS["ilidsvid"]
-
-
-class Prid2011(_TrackletBuilder, skip_registration=True):
-  """PRID2011 multi-shot (Hirzer et al. 2011): the 178 people usable for video re-id."""
-
-  name = "prid2011"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS["prid2011"]
-
-
-class Duke(_TrackletBuilder, skip_registration=True):
-  """DukeMTMC-VideoReID (Wu et al. 2018): 1,812 people, 8 cameras, 4,832 tracklets."""
-
-  name = "duke"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS["duke"]
-
-
-BUILDERS = {cls.name: cls for cls in (Mars, Ilidsvid, Prid2011, Duke)}
+@functools.cache
+def builder_class(name: str) -> type[_TrackletBuilder]:
+  """The TFDS builder class of the dataset called `name`."""
+  dataset = datasets.get(name)
+  return type(
+    name.capitalize(),
+    (_TrackletBuilder,),
+    {
+      "name": name,
+      "DATASET": dataset,
+      "MANUAL_DOWNLOAD_INSTRUCTIONS": dataset.instructions,
+      "__doc__": dataset.description,
+      "__module__": __name__,
+    },
+    skip_registration=True,
+  )

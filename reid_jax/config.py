@@ -11,15 +11,13 @@ import json
 
 import ml_collections
 
+from data_prep import datasets
 from reid_jax import optim
 from reid_jax.evaluation.distances import METRICS
 from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
 from reid_jax.models.nonlocal_block import ATTENTION_IMPLS
 
-DATASETS = ("mars", "ilidsvid", "prid2011", "duke")
 MODES = ("train", "eval", "extract")
-PROTOCOLS = ("mars", "mars_no_query_in_gallery", "ilidsvid", "prid2011", "duke")
-DEFAULT_PROTOCOL = {"mars": "mars", "ilidsvid": "ilidsvid", "prid2011": "prid2011", "duke": "duke"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -87,7 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 50  # 0: evaluate only at the end
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.protocol = ""  # default: the dataset's own protocol (see DEFAULT_PROTOCOL)
+  c.eval.protocol = ""  # default: the dataset's first protocol (data_prep.datasets.<name>)
   c.eval.metric = "euclidean"  # euclidean | cosine
   c.eval.rerank = False
   c.eval.max_rank = 50
@@ -178,7 +176,8 @@ def model_overrides(config) -> dict:
 
 
 def protocol(config) -> str:
-  return config.eval.protocol or DEFAULT_PROTOCOL[config.dataset.name]
+  """The protocol's name: `eval.protocol`, else the dataset's default."""
+  return config.eval.protocol or datasets.get(config.dataset.name).default_protocol.name
 
 
 def _check(ok: bool, field: str, message: str):
@@ -190,10 +189,11 @@ def validate(config, *, num_devices: int) -> None:
   """Raises ValueError naming the field of the first impossible setting."""
   _check(config.mode in MODES, "mode", f"{config.mode!r} is not one of {MODES}")
   _check(
-    config.dataset.name in DATASETS,
+    config.dataset.name in datasets.NAMES,
     "dataset.name",
-    f"{config.dataset.name!r} is not one of {DATASETS}",
+    f"{config.dataset.name!r} is not one of {datasets.NAMES}",
   )
+  dataset = datasets.get(config.dataset.name)
   _check(
     config.model.name in MODEL_NAMES,
     "model.name",
@@ -245,10 +245,17 @@ def validate(config, *, num_devices: int) -> None:
       "data.num_frames",
       f"the 3D models halve T after res2, so it must be even, got {d.num_frames}",
     )
+  protocols = [p.name for p in dataset.protocols]
   _check(
-    protocol(config) in PROTOCOLS,
+    protocol(config) in protocols,
     "eval.protocol",
-    f"{protocol(config)!r} is not one of {PROTOCOLS}",
+    f"{protocol(config)!r} is not a protocol of {dataset.name}; choose one of {protocols}",
+  )
+  _check(
+    not dataset.person_splits or 0 <= config.dataset.split_index < dataset.person_splits,
+    "dataset.split_index",
+    f"{dataset.name} has person splits 0..{dataset.person_splits - 1}, "
+    f"got {config.dataset.split_index}",
   )
   _check(
     config.eval.metric in METRICS,

@@ -5,11 +5,11 @@ Frames of the test datasets carry their position in the tracklet as their grey l
 the frames a clip was built from can be read back from the decoded pixels.
 """
 
+import download_layouts
 import numpy as np
 import pytest
 
 from data_prep import build as build_lib
-from data_prep import testing
 from reid_jax import data
 from reid_jax.data import sampling
 
@@ -44,7 +44,7 @@ def _frame(pid, camid, i):
 @pytest.fixture(scope="module")
 def duke(tmp_path_factory):
   root = tmp_path_factory.mktemp("duke")
-  testing.write_duke(str(root), TRACKLETS, _frame)
+  download_layouts.write_duke(str(root), TRACKLETS, _frame)
   build_lib.build("duke", str(root), str(root / "data"))
   return str(root / "data")
 
@@ -281,7 +281,7 @@ def test_eval_processes_run_the_same_steps(duke):
 
 
 def test_ilidsvid_split_index_selects_train_people(tmp_path):
-  ls_set = testing.write_ilidsvid(
+  ls_set = download_layouts.write_ilidsvid(
     str(tmp_path),
     6,
     lambda pid, camid, i: np.full((HEIGHT, WIDTH, 3), 40 * pid, np.uint8),

@@ -4,12 +4,14 @@ import json
 import os
 import shutil
 
+import download_layouts
 import numpy as np
 import pytest
 import scipy.io
 
 from data_prep import build as build_lib
-from data_prep import layouts, synthetic, testing
+from data_prep import built, datasets, layout, synthetic
+from data_prep.dataset import LayoutError
 
 
 def _tiny_mars(path, **overrides):
@@ -54,8 +56,8 @@ def test_mars_matches_the_info_files(mars):
   lengths = test_rows[:, 1] - test_rows[:, 0] + 1
   np.testing.assert_array_equal(np.diff(index["frame_start"]), lengths)
   assert set(index["pids"].tolist()) >= {-1, 0}  # junk and distractors kept and labelled
-  roles = np.full(len(test_rows), layouts.ROLES.index("gallery"))
-  roles[queries] = layouts.ROLES.index("query")
+  roles = np.full(len(test_rows), built.ROLE_GALLERY)
+  roles[queries] = built.ROLE_QUERY
   np.testing.assert_array_equal(index["roles"], roles)
   # The indexed byte range of a frame is exactly the JPEG file of the download.
   with open(os.path.join(info, "test_name.txt")) as f:
@@ -74,6 +76,8 @@ def test_mars_stats_json(mars):
   info = os.path.join(manual, "info")
   with open(os.path.join(data_dir, "mars", "stats.json")) as f:
     stats = json.load(f)
+  assert stats["protocol"] == "mars" and stats["person_split"] is None
+  stats = stats["splits"]
   assert set(stats) == {"train", "query", "gallery"}
   for split, mat in (("train", "train"), ("gallery", "test")):  # the gallery: all test rows
     rows = scipy.io.loadmat(os.path.join(info, f"tracks_{mat}_info.mat"))[f"track_{mat}_info"]
@@ -110,14 +114,14 @@ def test_failed_build_leaves_nothing(tmp_path):
   with open(corrupt, "wb") as f:
     f.write(data[: len(data) // 2])  # truncated JPEG
   data_dir = tmp_path / "data"
-  with pytest.raises(layouts.LayoutError, match=corrupt):
+  with pytest.raises(LayoutError, match=corrupt):
     build_lib.build("mars", manual, str(data_dir))
   assert os.listdir(data_dir) == []
 
 
 def test_ilidsvid(tmp_path):
   lengths = lambda person, cam: 3 + person + cam
-  ls_set = testing.write_ilidsvid(str(tmp_path), 6, testing.grey_frame(), lengths)
+  ls_set = download_layouts.write_ilidsvid(str(tmp_path), 6, download_layouts.grey_frame(), lengths)
   build_lib.build("ilidsvid", str(tmp_path), str(tmp_path / "data"))
   index = _index(tmp_path / "data", "ilidsvid", "eval")
   np.testing.assert_array_equal(index["pids"], np.repeat(np.arange(1, 7), 2))
@@ -133,6 +137,8 @@ def test_ilidsvid(tmp_path):
   np.testing.assert_array_equal(index["frame_numbers"][:4], [100, 107, 114, 121])
   with open(tmp_path / "data" / "ilidsvid" / "stats.json") as f:
     stats = json.load(f)
+  assert stats["protocol"] == "ilidsvid" and stats["person_split"] == 0
+  stats = stats["splits"]
   test0 = set(ls_set[0][:3].tolist())
   assert stats["train"]["identities"] == 3 and stats["train"]["tracklets"] == 6
   assert stats["query"]["tracklets"] == 3 and stats["gallery"]["cameras"] == 1
@@ -146,8 +152,8 @@ def test_prid2011(tmp_path, with_json):
   people = [1, 2, 3, 4, 5, 201]
   kept = ["person_0001", "person_0002", "person_0004", "person_0005"]
   splits = [dict(test=kept[k % 2 :: 2], train=kept[1 - k % 2 :: 2]) for k in range(10)]
-  testing.write_prid2011(
-    str(tmp_path), people, testing.grey_frame(4, 4), lengths, splits if with_json else None
+  download_layouts.write_prid2011(
+    str(tmp_path), people, download_layouts.grey_frame(4, 4), lengths, splits if with_json else None
   )
   build_lib.build("prid2011", str(tmp_path), str(tmp_path / "data"))
   index = _index(tmp_path / "data", "prid2011", "eval")
@@ -158,7 +164,7 @@ def test_prid2011(tmp_path, with_json):
     np.testing.assert_array_equal(roles[:, 0], [1, 0, 1, 0])
     np.testing.assert_array_equal(roles[:, 1], [0, 1, 0, 1])
   else:  # seeded: the same splits on every build
-    again = layouts.read_layout("prid2011", str(tmp_path))
+    again = list(datasets.get("prid2011").read(str(tmp_path)))
     np.testing.assert_array_equal(roles, [t.person_split_role for t in again[::2]])
 
 
@@ -171,8 +177,8 @@ def test_duke_orders_frames_by_number(tmp_path):
     ("gallery", 12, 1, 3, 3),
   ]
   # 9990, 9993, ..., 10005: name order ('F10002' < 'F9990') differs from frame order.
-  testing.write_duke(
-    str(tmp_path), tracklets, testing.grey_frame(), frame_number=lambda i: 9990 + 3 * i
+  download_layouts.write_duke(
+    str(tmp_path), tracklets, download_layouts.grey_frame(), frame_number=lambda i: 9990 + 3 * i
   )
   build_lib.build("duke", str(tmp_path), str(tmp_path / "data"))
   train = _index(tmp_path / "data", "duke", "train")
@@ -183,7 +189,7 @@ def test_duke_orders_frames_by_number(tmp_path):
   np.testing.assert_array_equal(evaluation["camids"], [3, 4, 3])
   np.testing.assert_array_equal(evaluation["roles"], [1, 2, 2])
   with open(tmp_path / "data" / "duke" / "stats.json") as f:
-    stats = json.load(f)
+    stats = json.load(f)["splits"]
   assert stats["gallery"] == dict(
     tracklets=2, identities=2, frames=8, cameras=2, min_len=3, mean_len=4.0, max_len=5
   )
@@ -194,8 +200,8 @@ def test_duke_orders_frames_by_number(tmp_path):
 
 
 def _expect_error(dataset, manual, path_in_message):
-  with pytest.raises(layouts.LayoutError) as error:
-    layouts.read_layout(dataset, str(manual))
+  with pytest.raises(LayoutError) as error:
+    build_lib.check_layout(datasets.get(dataset), str(manual))
   assert str(path_in_message) in str(error.value)
   return str(error.value)
 
@@ -219,14 +225,14 @@ def test_missing_image(tmp_path):
 def test_corrupt_image(tmp_path):
   path = tmp_path / "frame.jpg"
   path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-  with pytest.raises(layouts.LayoutError, match="corrupt image: " + str(path)):
-    layouts.encode_frame(str(path))
+  with pytest.raises(LayoutError, match="corrupt image: " + str(path)):
+    layout.encode_frame(str(path))
 
 
 def test_png_frames_become_jpeg(tmp_path):
   path = str(tmp_path / "frame.png")
-  testing._save(path, np.full((8, 4, 3), 90, np.uint8))
-  assert layouts.encode_frame(path)[:2] == b"\xff\xd8"
+  download_layouts._save(path, np.full((8, 4, 3), 90, np.uint8))
+  assert layout.encode_frame(path)[:2] == b"\xff\xd8"
 
 
 def test_mat_with_wrong_shape(tmp_path):
@@ -238,7 +244,7 @@ def test_mat_with_wrong_shape(tmp_path):
 
 
 def test_ilidsvid_splits_with_wrong_shape(tmp_path):
-  testing.write_ilidsvid(str(tmp_path), 4, testing.grey_frame(), lambda p, c: 2)
+  download_layouts.write_ilidsvid(str(tmp_path), 4, download_layouts.grey_frame(), lambda p, c: 2)
   path = tmp_path / "i-LIDS-VID" / "train-test people splits" / "train_test_splits_ilidsvid.mat"
   scipy.io.savemat(path, {"ls_set": np.ones((10, 3))})
   _expect_error("ilidsvid", tmp_path, path)
@@ -256,7 +262,7 @@ def test_name_that_does_not_parse(tmp_path):
 
 
 def test_duke_name_that_does_not_parse(tmp_path):
-  testing.write_duke(str(tmp_path), [("train", 1, 1, 2, 3)], testing.grey_frame())
+  download_layouts.write_duke(str(tmp_path), [("train", 1, 1, 2, 3)], download_layouts.grey_frame())
   folder = tmp_path / "DukeMTMC-VideoReID" / "train" / "0001" / "0001"
   shutil.copy(next(folder.iterdir()), folder / "snapshot.jpg")
   _expect_error("duke", tmp_path, folder)
@@ -273,8 +279,8 @@ def test_tracklet_with_two_pids_mars(tmp_path):
 
 
 def test_tracklet_with_two_pids_duke(tmp_path):
-  testing.write_duke(
-    str(tmp_path), [("train", 1, 1, 2, 3), ("train", 2, 1, 2, 3)], testing.grey_frame()
+  download_layouts.write_duke(
+    str(tmp_path), [("train", 1, 1, 2, 3), ("train", 2, 1, 2, 3)], download_layouts.grey_frame()
   )
   base = tmp_path / "DukeMTMC-VideoReID" / "train"
   stray = next((base / "0002" / "0001").iterdir())

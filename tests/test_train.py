@@ -331,6 +331,6 @@ def test_the_run_log_holds_the_runs_own_lines(tmp_path):
   )
   assert result.returncode == 0, result.stderr
   lines = (result.stdout + result.stderr).splitlines()
-  run_line = re.compile(r"^\d\d:\d\d:\d\d |^(split|train|query|gallery) ")
+  run_line = re.compile(r"^\d\d:\d\d:\d\d |^(split|train|query|gallery) |^mars, protocol mars$")
   assert [line for line in lines if not run_line.match(line)] == []
   assert any("protocol mars: rank-1" in line for line in lines)

@@ -29,6 +29,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from data_prep import built
 from reid_jax.data import sampling
 from reid_jax.data import tracklets as tracklets_lib
 
@@ -74,7 +75,7 @@ def train_info(data_dir: str, dataset: str, *, split_index: int = 0) -> dict[str
 
   `split_index` selects the person split for iLIDS-VID and PRID2011 (ignored otherwise).
   """
-  index = tracklets_lib.load_index(data_dir, dataset, "train")
+  index = built.load_index(data_dir, dataset, "train")
   rows = _training_pool(index, split_index)
   num_ids = len(np.unique(index["pids"][rows]))
   return dict(num_classes=num_ids, num_tracklets=len(rows), num_identities=num_ids)
@@ -238,7 +239,7 @@ def make_train_iterator(
   """
   process_index, process_count = _process(process_index, process_count)
   rows = _local_rows(P * K, process_index, process_count)
-  index = tracklets_lib.load_index(data_dir, dataset, "train")
+  index = built.load_index(data_dir, dataset, "train")
   pool = _training_pool(index, split_index)
   pids = index["pids"][pool]
   labels = np.unique(pids, return_inverse=True)[1]
@@ -308,7 +309,7 @@ def make_eval_iterator(
   """
   process_index, process_count = _process(process_index, process_count)
   rows = _local_rows(batch_size, process_index, process_count)
-  index = tracklets_lib.load_index(data_dir, dataset, "eval")
+  index = built.load_index(data_dir, dataset, "eval")
   table = tracklets_lib.tracklet_table(index)
   if table.person_split_role is not None:
     _training_pool(index, split_index)  # validates split_index

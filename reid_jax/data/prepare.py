@@ -8,6 +8,8 @@ import os
 
 import jax
 
+from data_prep import built
+
 log = logging.getLogger("reid_jax")
 
 
@@ -18,8 +20,7 @@ def prepare_dataset(config, workdir: str) -> str:
   """
   name = config.dataset.name
   data_dir = config.dataset.data_dir or os.path.join(workdir, "data")
-  stats = os.path.join(data_dir, name, "stats.json")
-  if jax.process_index() == 0 and not os.path.exists(stats):
+  if jax.process_index() == 0 and not built.is_built(data_dir, name):
     manual_dir = config.dataset.manual_dir
     synthetic = config.dataset.synthetic.to_dict()
     if synthetic.get("identities", 0):
@@ -28,7 +29,7 @@ def prepare_dataset(config, workdir: str) -> str:
         _generate_synthetic(manual_dir, synthetic)
     if not manual_dir:
       raise FileNotFoundError(
-        f"No built dataset at {os.path.dirname(stats)} and config.dataset.manual_dir is not "
+        f"No built dataset at {built.dataset_dir(data_dir, name)} and config.dataset.manual_dir is not "
         f"set: build it with `python -m data_prep.build --dataset={name} "
         f"--manual_dir=<download> --data_dir={data_dir}` or set --config.dataset.manual_dir"
       )

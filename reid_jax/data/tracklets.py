@@ -1,7 +1,8 @@
 """Built datasets on disk: tracklet metadata and random access to single frames.
 
 `python -m data_prep.build` writes, next to the TFDS shards, an index per view (`train`, `eval`)
-holding each tracklet's metadata and each frame's shard and byte range. Reading a frame is then a
+holding each tracklet's metadata and each frame's shard and byte range (the format is
+`data_prep.built`). Reading a frame is then a
 slice of a memory-mapped shard: a training clip costs exactly its T small reads whatever the
 tracklet length, and pages come from the OS page cache shared by every reader on the host. This
 needs `data_dir` on a file system that supports mmap (local disk, NFS, a FUSE mount).
@@ -15,8 +16,7 @@ import os
 
 import numpy as np
 
-# Role codes stored by the builder (data_prep.layouts.ROLES).
-ROLE_TRAIN, ROLE_QUERY, ROLE_GALLERY = 0, 1, 2
+from data_prep import built
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -28,10 +28,9 @@ class TrackletTable:
       camids: camera ids, 1-based.
       tracklet_ids: tracklet ids from the dataset's file names.
       num_frames: tracklet lengths.
-      is_query: query tracklets (MARS: `query_IDX`; Duke: the query folder; iLIDS-VID and
-          PRID2011: the first camera, the query side of their protocol).
-      person_split_role: int8 `[N, 10]` for iLIDS-VID and PRID2011, per person split 0 = train
-          person, 1 = test person; None for MARS and Duke.
+      is_query: query tracklets, as the dataset's layout reader flagged them.
+      person_split_role: int8 `[N, S]` for datasets with S person splits, per split 0 = train
+          person, 1 = test person; None for the others.
   """
 
   pids: np.ndarray
@@ -45,23 +44,6 @@ class TrackletTable:
     return len(self.pids)
 
 
-def dataset_dir(data_dir: str, dataset: str) -> str:
-  """`<data_dir>/<dataset>`, checked to hold a finished build."""
-  path = os.path.join(data_dir, dataset)
-  if not os.path.exists(os.path.join(path, "stats.json")):
-    raise FileNotFoundError(
-      f"no built dataset at {path}; build it with `python -m data_prep.build "
-      f"--dataset={dataset} --manual_dir=<download> --data_dir={data_dir}`"
-    )
-  return path
-
-
-def load_index(data_dir: str, dataset: str, view: str) -> dict[str, np.ndarray]:
-  """The `train` or `eval` index written by the builder (see `data_prep.build`)."""
-  with np.load(os.path.join(dataset_dir(data_dir, dataset), "index", f"{view}.npz")) as f:
-    return dict(f)
-
-
 def tracklet_table(index: dict[str, np.ndarray]) -> TrackletTable:
   """The TrackletTable of an index."""
   splits = index["person_split_role"]
@@ -70,7 +52,7 @@ def tracklet_table(index: dict[str, np.ndarray]) -> TrackletTable:
     camids=index["camids"],
     tracklet_ids=index["tracklet_ids"],
     num_frames=np.diff(index["frame_start"]),
-    is_query=index["roles"] == ROLE_QUERY,
+    is_query=index["roles"] == built.ROLE_QUERY,
     person_split_role=splits if splits.shape[1] else None,
   )
 
@@ -79,7 +61,7 @@ class FrameReader:
   """The encoded JPEG bytes of frames, by global frame number in an index."""
 
   def __init__(self, data_dir: str, dataset: str, index: dict[str, np.ndarray]):
-    root = dataset_dir(data_dir, dataset)
+    root = built.finished_dir(data_dir, dataset)
     self._paths = [os.path.join(root, str(s)) for s in index["shards"]]
     self._maps: list[mmap.mmap | None] = [None] * len(self._paths)
     self._shard = index["frame_shard"]

@@ -2,13 +2,12 @@
 
 from reid_jax.evaluation.distances import pairwise_distances
 from reid_jax.evaluation.extraction import extract_features
-from reid_jax.evaluation.protocols import PROTOCOLS, protocol_sets, run_protocol
+from reid_jax.evaluation.protocols import protocol_sets, run_protocol
 from reid_jax.evaluation.ranking import evaluate, evaluate_rank
 from reid_jax.evaluation.report import write_report
 from reid_jax.evaluation.rerank import re_ranking
 
 __all__ = [
-  "PROTOCOLS",
   "evaluate",
   "evaluate_rank",
   "extract_features",

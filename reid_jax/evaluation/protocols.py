@@ -1,31 +1,20 @@
-"""Named evaluation protocols: which tracklets are queries, which are the gallery.
+"""Evaluation protocols: which tracklets are queries, which are the gallery.
 
-  mars                      the official MARS protocol (the dataset authors' MATLAB code): the
-                            gallery is every test tracklet, queries included; the query itself
-                            is junk (same pid and camera), as are pid -1 tracklets; pid 0
-                            distractors are ordinary negatives.
-  mars_no_query_in_gallery  the common PyTorch practice: queries removed from the gallery, so
-                            about 140 queries lose their only true matches and are skipped.
-                            Not comparable with `mars`.
-  duke                      DukeMTMC-VideoReID: query tracklets against gallery tracklets.
-  ilidsvid, prid2011        per person split s (10 of them): the test people of split s seen by
-                            camera 1 (cam1 / cam_a) are the queries, the same people seen by
-                            camera 2 (cam2 / cam_b) the gallery; mean and std over the splits.
-The standard rule of `ranking` (same pid + same camera junk, pid -1 junk, queries without a
-match skipped, ties in gallery order) applies in every protocol.
+Protocols are declared by the dataset modules (`data_prep.datasets`, e.g. `mars` and
+`mars_no_query_in_gallery` in `data_prep.datasets.mars`) and found here by name. Queries are the
+tracklets flagged as queries; the gallery is every tracklet or the others; with person splits
+both are the test people of one split, and results are means over the splits. The standard rule
+of `ranking` (same pid + same camera junk, pid -1 junk, queries without a match skipped, ties in
+gallery order) applies in every protocol.
 """
 
 import logging
 
 import numpy as np
 
+from data_prep import datasets
 from reid_jax.evaluation.ranking import evaluate
 
-PROTOCOLS = ("mars", "mars_no_query_in_gallery", "duke", "ilidsvid", "prid2011")
-SPLIT_PROTOCOLS = ("ilidsvid", "prid2011")
-NUM_SPLITS = 10
-# Camera ids are 1-based in the TrackletTable; camera 1 (cam1 / cam_a) is the query side.
-QUERY_CAMERA = 1
 REPORTED_RANKS = (1, 5, 10, 20)
 # What every result holds, printed, logged and reported: CMC at REPORTED_RANKS, mAP, mINP.
 REPORTED_METRICS = (*(f"rank{k}" for k in REPORTED_RANKS), "mAP", "mINP")
@@ -33,19 +22,16 @@ REPORTED_METRICS = (*(f"rank{k}" for k in REPORTED_RANKS), "mAP", "mINP")
 
 def protocol_sets(name: str, table, split: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Row indices (into the TrackletTable) of the queries and of the gallery."""
+  protocol = datasets.protocol(name)
   rows = np.arange(len(table.pids))
   is_query = np.asarray(table.is_query, bool)
-  if name == "mars":
-    return rows[is_query], rows
-  if name in ("mars_no_query_in_gallery", "duke"):
-    return rows[is_query], rows[~is_query]
-  if name in SPLIT_PROTOCOLS:
+  keep = np.ones(len(rows), bool)
+  if protocol.person_splits:
     if table.person_split_role is None:
       raise ValueError(f"protocol {name!r} needs person_split_role in the table")
-    test = np.asarray(table.person_split_role)[:, split] == 1
-    query_camera = np.asarray(table.camids) == QUERY_CAMERA
-    return rows[test & query_camera], rows[test & ~query_camera]
-  raise ValueError(f"unknown protocol {name!r}; choose one of {PROTOCOLS}")
+    keep = np.asarray(table.person_split_role)[:, split] == 1
+  gallery = keep if protocol.queries_in_gallery else keep & ~is_query
+  return rows[is_query & keep], rows[gallery]
 
 
 def _scores(features, table, queries, gallery, metric, rerank, max_rank) -> dict:
@@ -88,26 +74,28 @@ def run_protocol(
   """Scores features under a named protocol.
 
   Args:
-    name: one of PROTOCOLS.
-    features: [N, D] features of the table's rows. For ilidsvid/prid2011, either one array used
-      for every split, or a sequence of NUM_SPLITS arrays (features[s] from the model trained on
-      split s), which is what the published mean over splits means.
+    name: a protocol of `data_prep.datasets`.
+    features: [N, D] features of the table's rows. With person splits, either one array used
+      for every split, or a sequence of one array per split (features[s] from the model trained
+      on split s), which is what the published mean over splits means.
     table: the TrackletTable of the evaluation set.
     metric, rerank, max_rank: as in `evaluate`.
-    splits: ilidsvid/prid2011 only: the splits to score (default all 10).
+    splits: person-split protocols only: the splits to score (default all).
   Returns:
     dict with `protocol`, `metric`, `rerank`, rank1/5/10/20, mAP, mINP (fractions in [0, 1]),
     `cmc` [max_rank], set sizes; for the split protocols these are means over the splits, with
     `<key>_std` (population std), `splits` and the per-split numbers in `per_split`.
   """
   header = dict(protocol=name, metric=metric, rerank=bool(rerank))
-  if name not in SPLIT_PROTOCOLS:
+  if not datasets.protocol(name).person_splits:
     features = np.asarray(features)
     queries, gallery = protocol_sets(name, table)
     return {**header, **_scores(features, table, queries, gallery, metric, rerank, max_rank)}
 
   per_model = not (isinstance(features, np.ndarray) or hasattr(features, "shape"))
-  splits = list(range(NUM_SPLITS) if splits is None else splits)
+  if splits is None:
+    splits = range(np.shape(table.person_split_role)[1])
+  splits = list(splits)
   if not per_model and len(splits) > 1:
     logging.warning(
       "%s: one model scored on %d splits; its training people are test people "

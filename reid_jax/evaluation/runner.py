@@ -12,10 +12,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from data_prep import built, datasets
 from reid_jax import config as config_lib
 from reid_jax import data as data_lib
 from reid_jax import state as state_lib
-from reid_jax.evaluation import protocols
 from reid_jax.evaluation.extraction import extract_features
 from reid_jax.evaluation.protocols import REPORTED_METRICS, run_protocol
 from reid_jax.evaluation.report import write_report
@@ -71,7 +71,7 @@ def evaluate_state(
   name = config_lib.protocol(config)
   # A model trained on one person split is scored on that split only: the test people of the
   # other splits were its training people. `score_split_features` averages 10 models' splits.
-  splits = [config.dataset.split_index] if name in protocols.SPLIT_PROTOCOLS else None
+  splits = [config.dataset.split_index] if datasets.protocol(name).person_splits else None
   results = _score(config, name, features, table, splits)
   results["step"] = step
   log.info(
@@ -104,7 +104,7 @@ def report_frames_fn(data_dir: str, config, max_frames: int = 32):
   picture (which thus runs the model on the pixels evaluation gives it)."""
   from reid_jax.data import pipeline, tracklets
 
-  index = tracklets.load_index(data_dir, config.dataset.name, "eval")
+  index = built.load_index(data_dir, config.dataset.name, "eval")
   reader = tracklets.FrameReader(data_dir, config.dataset.name, index)
 
   def frames(row: int) -> np.ndarray:
@@ -186,7 +186,7 @@ def score_split_features(config, workdir: str) -> dict:
   with `dataset.split_index` = 0, 1, ...; each model is scored on its own split."""
   paths = [p.strip() for p in config.eval.split_features.split(",") if p.strip()]
   name = config_lib.protocol(config)
-  if name not in protocols.SPLIT_PROTOCOLS:
+  if not datasets.protocol(name).person_splits:
     raise ValueError(f"config.eval.split_features: protocol {name!r} has no person splits")
   features, table = [], None
   for path in paths:

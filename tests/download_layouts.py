@@ -1,4 +1,4 @@
-"""Tiny datasets in the iLIDS-VID, PRID2011 and DukeMTMC-VideoReID download layouts, for tests.
+"""Tiny datasets in the iLIDS-VID, PRID2011 and DukeMTMC-VideoReID download layouts.
 
 MARS-layout data comes from `data_prep.synthetic`. These writers take the frames to write, so a
 test can encode what it wants to check in the pixels (e.g. the frame number as the grey level).
