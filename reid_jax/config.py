@@ -13,7 +13,7 @@ import ml_collections
 
 from data_prep import datasets
 from reid_jax import optim
-from reid_jax.evaluation.distances import METRICS
+from reid_jax.distances import METRICS
 from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
 from reid_jax.models.nonlocal_block import ATTENTION_IMPLS
 

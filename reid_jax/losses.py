@@ -6,15 +6,10 @@ the batch sharded over devices that is the global batch, which is what the paper
 assumes (hard examples of one identity can sit on another device).
 """
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 
-# Floor on squared distances before the square root: sqrt has an infinite derivative at 0, and
-# duplicate features (or an anchor with itself) give exactly 0. Same constant as the PyTorch
-# re-id codebases, so the loss values match theirs.
-_MIN_SQUARED_DISTANCE = 1e-12
+from reid_jax import distances as distances_lib
 
 
 def cross_entropy_label_smoothing(
@@ -40,27 +35,12 @@ def cross_entropy_label_smoothing(
   return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
 
 
-Metric = Literal["euclidean", "cosine"]
-
-
-def pairwise_distances(features: jax.Array, *, metric: Metric = "euclidean") -> jax.Array:
-  """`[B, B]` float32 distances between the rows of `features` `[B, D]`.
-
-  'euclidean' is `sqrt(max(||a - b||^2, 1e-12))`, so its gradient stays finite at zero distance;
-  'cosine' is `1 - cos(a, b)`.
-  """
-  if metric not in ("euclidean", "cosine"):
-    raise ValueError(f"Unknown metric {metric!r}; expected 'euclidean' or 'cosine'.")
-  features = features.astype(jnp.float32)
-  # Full float32 matmul: accelerators default to reduced precision, and the expansion
-  # |a|^2 + |b|^2 - 2ab cancels badly for near points.
-  gram = jnp.matmul(features, features.T, precision=jax.lax.Precision.HIGHEST)  # [B, B]
-  if metric == "cosine":
-    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), _MIN_SQUARED_DISTANCE))  # [B]
-    return 1.0 - gram / (norms[:, None] * norms[None, :])
-  squared_norms = jnp.diagonal(gram)  # [B]
-  squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram
-  return jnp.sqrt(jnp.maximum(squared, _MIN_SQUARED_DISTANCE))
+def triplet_distances(features: jax.Array, metric: str) -> jax.Array:
+  """`[B, B]` distances between the clips of a batch: Euclidean (with a floor, so the gradient
+  stays finite at 0) or cosine."""
+  if metric == "euclidean":
+    return distances_lib.euclidean_distances(features, features)
+  return distances_lib.pairwise_distances(features, features, metric)
 
 
 def batch_hard_triplet_loss(
@@ -68,7 +48,7 @@ def batch_hard_triplet_loss(
   labels: jax.Array,
   margin: float = 0.3,
   *,
-  metric: Metric = "euclidean",
+  metric: str = "euclidean",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Batch-hard triplet loss (Hermans et al. 2017) mined over the whole batch.
 
@@ -86,14 +66,14 @@ def batch_hard_triplet_loss(
       features: `[B, D]` embeddings, any float dtype (computed in float32).
       labels: `[B]` integer identities.
       margin: triplet margin.
-      metric: distance, see `pairwise_distances`.
+      metric: distance, see `triplet_distances`.
 
   Returns:
       `(loss, aux)`: scalar float32 mean over anchors that have a negative; `aux` holds float32
       scalars `active_fraction` (share of those anchors with a non-zero loss), `mean_d_pos` and
       `mean_d_neg` (over the same anchors) for logging.
   """
-  distances = pairwise_distances(features, metric=metric)  # [B, B]
+  distances = triplet_distances(features, metric)  # [B, B]
   same_label = labels[:, None] == labels[None, :]  # [B, B]
   not_self = ~jnp.eye(labels.shape[0], dtype=bool)
   positive = same_label & not_self

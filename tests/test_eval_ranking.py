@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from reid_jax.evaluation import evaluate, evaluate_rank, pairwise_distances, ranking
+from reid_jax.distances import pairwise_distances
+from reid_jax.evaluation import evaluate, evaluate_rank, ranking
 
 
 def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reid_jax import losses
-from reid_jax.losses import pairwise_distances
+from reid_jax.losses import triplet_distances
 
 # Jitted once per shape: far fewer compilations than running the losses op by op.
 cross_entropy_label_smoothing = jax.jit(losses.cross_entropy_label_smoothing)
@@ -155,4 +155,4 @@ def test_triplet_under_jit_on_sharded_batch_mines_globally():
 
 def test_unknown_metric_is_an_error():
   with pytest.raises(ValueError, match="manhattan"):
-    pairwise_distances(jnp.ones((2, 3)), metric="manhattan")
+    triplet_distances(jnp.ones((2, 3)), "manhattan")

@@ -1,6 +1,5 @@
-"""Evaluation: feature extraction, distances, ranking metrics, protocols, re-ranking, reports."""
+"""Evaluation: feature extraction, ranking metrics, protocols, re-ranking, reports."""
 
-from reid_jax.evaluation.distances import pairwise_distances
 from reid_jax.evaluation.extraction import extract_features
 from reid_jax.evaluation.protocols import protocol_sets, run_protocol
 from reid_jax.evaluation.ranking import evaluate, evaluate_rank
@@ -11,7 +10,6 @@ __all__ = [
   "evaluate",
   "evaluate_rank",
   "extract_features",
-  "pairwise_distances",
   "protocol_sets",
   "re_ranking",
   "run_protocol",

@@ -23,19 +23,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reid_jax.distances import BLOCK_BYTES, METRICS, pairwise_distances
 from reid_jax.evaluation import rerank as rerank_lib
-from reid_jax.evaluation.distances import METRICS, pairwise_distances
 
 JUNK_PID = -1
-# Default memory for one block of distances and its same-sized temporaries.
-DEFAULT_BLOCK_BYTES = 256 * 2**20
 _BYTES_PER_BLOCK_ELEMENT = 16  # f32 distances, int32 buckets and segment ids, keep mask
 # Match slots compared per pass over a distance block: one fused elementwise loop each.
 _SLOTS_PER_PASS = 8
 
 
+def is_junk(q_pids, q_camids, g_pids, g_camids):
+  """Which gallery items are junk for which query (the rule of this module's docstring): pid -1,
+  or the query's pid seen by the query's camera. Broadcasts; numpy or jax arrays."""
+  return (g_pids == JUNK_PID) | ((g_pids == q_pids) & (g_camids == q_camids))
+
+
 def block_size(
-  num_queries: int, num_gallery: int, block_bytes: int = DEFAULT_BLOCK_BYTES, multiple_of: int = 8
+  num_queries: int, num_gallery: int, block_bytes: int = BLOCK_BYTES, multiple_of: int = 8
 ) -> int:
   """Queries per block so that one [block, num_gallery] block fits in `block_bytes`.
 
@@ -52,8 +56,8 @@ def match_table(
 ) -> np.ndarray:
   """[Q, M] int32 gallery indices sharing the query's pid, ascending, padded with -1.
 
-  Camera junk is removed later on device; queries with pid -1 get no candidates, since every
-  gallery item with pid -1 is junk.
+  Junk (`is_junk`) is removed later on device; queries with pid -1 get no candidates, since all
+  of them would be junk.
   """
   q_pids = np.asarray(q_pids)
   order = np.argsort(g_pids, kind="stable")
@@ -81,11 +85,11 @@ def rank_block(dist, q_pids, q_camids, match_idx, g_pids, g_camids):
   """
   num_rows, num_gallery = dist.shape
   num_slots = match_idx.shape[1]
-  keep = (g_pids[None, :] != JUNK_PID) & ~(
-    (g_pids[None, :] == q_pids[:, None]) & (g_camids[None, :] == q_camids[:, None])
-  )
+  q_pids, q_camids = q_pids[:, None], q_camids[:, None]
+  keep = ~is_junk(q_pids, q_camids, g_pids[None, :], g_camids[None, :])
   safe_idx = jnp.maximum(match_idx, 0)
-  is_match = (match_idx >= 0) & (g_camids[safe_idx] != q_camids[:, None])
+  # A match: a gallery item of the query's pid (the table's candidates) that is not junk.
+  is_match = (match_idx >= 0) & ~is_junk(q_pids, q_camids, g_pids[safe_idx], g_camids[safe_idx])
   # Unused slots sort last and never precede a gallery item (index num_gallery is past them all).
   match_dist = jnp.where(is_match, jnp.take_along_axis(dist, safe_idx, axis=1), jnp.inf)
   match_pos = jnp.where(is_match, safe_idx, num_gallery)
@@ -199,7 +203,7 @@ def rank_in_blocks(distance_block, q_pids, g_pids, q_camids, g_camids, *, block:
 
 
 def rank_statistics_from_distances(
-  distmat, q_pids, g_pids, q_camids, g_camids, *, block_bytes: int = DEFAULT_BLOCK_BYTES
+  distmat, q_pids, g_pids, q_camids, g_camids, *, block_bytes: int = BLOCK_BYTES
 ) -> dict:
   """Per-query statistics for a host distance matrix, sent to device one row block at a time."""
   num_q, num_g = np.shape(distmat)
@@ -220,7 +224,7 @@ def rank_statistics_from_features(
   g_camids,
   *,
   metric: str = "euclidean",
-  block_bytes: int = DEFAULT_BLOCK_BYTES,
+  block_bytes: int = BLOCK_BYTES,
 ) -> dict:
   """Per-query statistics; distances are computed on device one [block, G] block at a time."""
   num_q, num_g = len(query_features), len(gallery_features)
@@ -264,7 +268,7 @@ def evaluate(
   metric="euclidean",
   max_rank=50,
   rerank=False,
-  block_bytes=DEFAULT_BLOCK_BYTES,
+  block_bytes=BLOCK_BYTES,
 ):
   """CMC, mAP and mINP from features, with distances and ranking on device in query blocks.
 

@@ -9,8 +9,9 @@ matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reid_jax.evaluation.distances import pairwise_distances  # noqa: E402
+from reid_jax.distances import pairwise_distances  # noqa: E402
 from reid_jax.evaluation.protocols import protocol_sets  # noqa: E402
+from reid_jax.evaluation.ranking import is_junk  # noqa: E402
 
 DPI = 100
 CMC_SIZE = (6.4, 4.8)  # inches: 640 x 480 pixels
@@ -201,10 +202,8 @@ def write_report(
   for i, q in enumerate(chosen_queries(query_rows, num_queries)):
     if frames_fn is not None:
       dist = np.asarray(pairwise_distances(features[q][None], features[gallery_rows], metric))[0]
-      # Show what the metrics rank: junk (same pid and camera, pid -1) is left out.
-      keep = (pids[gallery_rows] != -1) & ~(
-        (pids[gallery_rows] == pids[q]) & (camids[gallery_rows] == camids[q])
-      )
+      # Show what the metrics rank: junk is left out.
+      keep = ~is_junk(pids[q], camids[q], pids[gallery_rows], camids[gallery_rows])
       order = np.flatnonzero(keep)[np.argsort(dist[keep], kind="stable")[:top_k]]
       written[f"ranked_q{q}"] = plot_ranked_results(
         os.path.join(workdir, f"ranked_q{q}.png"),

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reid_jax.evaluation.distances import pairwise_distances
+from reid_jax.distances import BLOCK_BYTES, pairwise_distances
 
 K1, K2, LAMBDA = 20, 6, 0.3
 # Bytes per element of a [rows, N] distance block and its top_k temporaries.
@@ -94,12 +94,7 @@ def _encode_rows(rows, members, features, row_max, *, metric):
   n = features.shape[0]
   x = features[rows]
   y = features[jnp.minimum(members, n - 1)]
-  dot = lambda a, b: jnp.einsum("bd,bwd->bw", a, b, precision=jax.lax.Precision.HIGHEST)
-  if metric == "euclidean":
-    dist = jnp.maximum(jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1) - 2.0 * dot(x, y), 0.0)
-  else:
-    unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    dist = 1.0 - dot(unit(x), unit(y))
+  dist = pairwise_distances(x[:, None, :], y, metric)[:, 0, :]  # [b, W]
   weight = jnp.where(members < n, jnp.exp(-dist / row_max[rows][:, None]), 0.0)
   return weight / jnp.sum(weight, axis=1, keepdims=True)
 
@@ -144,7 +139,7 @@ class KReciprocalEncoding:
 
 
 def encode(
-  query_features, gallery_features, *, metric="euclidean", k1=K1, k2=K2, block_bytes=256 * 2**20
+  query_features, gallery_features, *, metric="euclidean", k1=K1, k2=K2, block_bytes=BLOCK_BYTES
 ) -> KReciprocalEncoding:
   """Builds the sparse k-reciprocal encodings of queries + gallery (steps 1 and 2 above)."""
   features = jnp.asarray(np.concatenate([query_features, gallery_features]), jnp.float32)
@@ -292,7 +287,7 @@ def re_ranking(
   k1=K1,
   k2=K2,
   lambda_value=LAMBDA,
-  block_bytes=256 * 2**20,
+  block_bytes=BLOCK_BYTES,
 ) -> np.ndarray:
   """Re-ranked [Q, G] distances as one host array (for small problems and tests).
 
