@@ -188,7 +188,7 @@ def inference(config, batch, steps: int) -> None:
     )
   print(
     f"  median pair ratio (PyTorch eager / JAX), evaluation forward of "
-    f"{config.data.batch_size} clips: {np.median(ratios):.3f}"
+    f"{config_lib.train_batch_size(config)} clips: {np.median(ratios):.3f}"
   )
 
 
@@ -254,7 +254,7 @@ def main():
   flops = results["JAX (jit, XLA CPU)"]["flops"]
   eager_s = results["PyTorch eager"]["step_s"]
   print(
-    f"\n{config.model.name}, batch {d.batch_size} x {d.num_frames}x{d.height}x{d.width}, "
+    f"\n{config.model.name}, batch {config_lib.train_batch_size(config)} x {d.num_frames}x{d.height}x{d.width}, "
     f"float32, torch {torch.__version__} with {args.torch_threads} threads, "
     f"load average at start {load:.1f}"
   )
@@ -265,7 +265,7 @@ def main():
   for name, r in results.items():
     first = r.get("compile_s", r.get("warmup_s"))
     print(
-      f"| {name:<24}| {first:17.1f} | {r['step_s']:6.2f} | {d.batch_size / r['step_s']:7.2f} "
+      f"| {name:<24}| {first:17.1f} | {r['step_s']:6.2f} | {config_lib.train_batch_size(config) / r['step_s']:7.2f} "
       f"| {flops / r['step_s'] / 1e9:7.1f} | {eager_s / r['step_s']:15.2f}x |"
     )
   for name, r in results.items():

@@ -27,7 +27,6 @@ def get_config():
 
   config.data.P = 8
   config.data.K = 4
-  config.data.batch_size = 32
   config.data.num_frames = 4
   config.data.stride = 4
   config.data.height = 64

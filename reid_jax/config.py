@@ -49,8 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.split_index = 0  # iLIDS-VID / PRID2011 person split used for training
 
   c.data = ml_collections.ConfigDict()
-  c.data.batch_size = 128  # global clips per step: must equal P x K
-  c.data.P = 32  # identities per global batch
+  c.data.P = 32  # identities per global batch (the global batch is P x K clips)
   c.data.K = 4  # tracklets per identity
   c.data.num_frames = 8
   c.data.stride = 8  # training clips: 8 frames every 8th from a 64-frame window
@@ -131,7 +130,6 @@ def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
   config = default_config()
   config.dataset.name = name
   config.data.P = 16
-  config.data.batch_size = 64
   config.optim.base_lr = 1e-4
   config.optim.total_epochs = 100
   config.optim.decay_start_epoch = 50
@@ -175,6 +173,11 @@ def model_overrides(config) -> dict:
   }
 
 
+def train_batch_size(config) -> int:
+  """Clips per global training batch: P identities x K tracklets."""
+  return config.data.P * config.data.K
+
+
 def protocol(config) -> str:
   """The protocol's name: `eval.protocol`, else the dataset's default."""
   return config.eval.protocol or datasets.get(config.dataset.name).default_protocol.name
@@ -204,7 +207,6 @@ def validate(config, *, num_devices: int) -> None:
   _check(not unknown, "model", f"unknown field(s) {unknown}")
   d = config.data
   for field in (
-    "batch_size",
     "P",
     "K",
     "num_frames",
@@ -220,14 +222,9 @@ def validate(config, *, num_devices: int) -> None:
     f"batch-hard triplets need K >= 2 tracklets per identity, got {d.K}",
   )
   _check(
-    d.P * d.K == d.batch_size,
-    "data.batch_size",
-    f"{d.batch_size} is not P x K = {d.P} x {d.K} = {d.P * d.K}",
-  )
-  _check(
-    d.batch_size % num_devices == 0,
-    "data.batch_size",
-    f"the batch of {d.batch_size} clips does not divide over {num_devices} devices",
+    train_batch_size(config) % num_devices == 0,
+    "data.P",
+    f"the batch of P x K = {d.P} x {d.K} clips does not divide over {num_devices} devices",
   )
   _check(
     d.eval_batch_size % num_devices == 0,

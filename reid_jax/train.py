@@ -155,7 +155,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         elif window_steps:
           rate = window_steps / (now - window_start)
           _log_progress(
-            step, total_steps, setup.steps_per_epoch, logged, rate, config.data.batch_size, writer
+            step,
+            total_steps,
+            setup.steps_per_epoch,
+            logged,
+            rate,
+            config_lib.train_batch_size(config),
+            writer,
           )
           window_start, window_steps = now, 0
       ckpt.maybe_save(

@@ -21,7 +21,6 @@ TINY_OVERRIDES = {
   "dataset.synthetic.distractors": 2,
   "data.P": 4,
   "data.K": 2,
-  "data.batch_size": 8,
   "data.num_frames": 4,
   "data.stride": 2,
   "data.height": 32,
