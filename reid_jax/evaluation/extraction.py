@@ -13,8 +13,7 @@ from typing import Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 def _accumulate(sums, counts, features, rows):
@@ -27,9 +26,11 @@ def _global_rows(features, rows: np.ndarray):
   """Tracklet rows laid out like `features`' batch axis (global when features are sharded)."""
   sharding = getattr(features, "sharding", None)
   if isinstance(sharding, NamedSharding):
-    row_sharding = NamedSharding(sharding.mesh, P(sharding.spec[0] if sharding.spec else None))
+    row_sharding = NamedSharding(
+      sharding.mesh, PartitionSpec(sharding.spec[0] if sharding.spec else None)
+    )
     return jax.make_array_from_process_local_data(row_sharding, rows), NamedSharding(
-      sharding.mesh, P()
+      sharding.mesh, PartitionSpec()
     )
   if jax.process_count() > 1:
     raise ValueError(
