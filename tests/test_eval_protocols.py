@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from reid_jax.evaluation import evaluate, protocol_sets, run_protocol
+from reid_jax.evaluation import evaluate, protocol_sets, protocols, run_protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,3 +135,12 @@ def test_ten_split_mean_from_the_extracted_files(tmp_path):
   config.eval.split_features = ",".join([*paths[:9], str(tmp_path / "other.npz")])
   with pytest.raises(ValueError, match="other.npz holds another evaluation set"):
     runner.score_split_features(config, str(tmp_path))
+
+
+def test_format_metrics_prints_every_reported_metric_and_split_stds():
+  results = {k: 0.5 for k in protocols.REPORTED_METRICS}
+  line = protocols.format_metrics(results)
+  assert line.startswith("rank-1 50.00%  rank-5 50.00%") and line.endswith("mINP 50.00%")
+  assert line.count("%") == len(protocols.REPORTED_METRICS)
+  results["mAP_std"] = 0.012
+  assert "mAP 50.00% (std 1.20)" in protocols.format_metrics(results)

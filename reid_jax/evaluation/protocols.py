@@ -20,6 +20,16 @@ REPORTED_RANKS = (1, 5, 10, 20)
 REPORTED_METRICS = (*(f"rank{k}" for k in REPORTED_RANKS), "mAP", "mINP")
 
 
+def format_metrics(results: dict) -> str:
+  """`rank-1 84.30%  rank-5 ...  mAP 77.00%  mINP ...`, with `(std ...)` for split means."""
+  parts = []
+  for key in REPORTED_METRICS:
+    name = key.replace("rank", "rank-")
+    std = f" (std {100 * results[key + '_std']:.2f})" if key + "_std" in results else ""
+    parts.append(f"{name} {100 * results[key]:.2f}%{std}")
+  return "  ".join(parts)
+
+
 def protocol_sets(name: str, table, split: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Row indices (into the TrackletTable) of the queries and of the gallery."""
   protocol = datasets.protocol(name)

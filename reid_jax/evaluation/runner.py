@@ -17,7 +17,7 @@ from reid_jax import config as config_lib
 from reid_jax import data as data_lib
 from reid_jax import state as state_lib
 from reid_jax.evaluation.extraction import extract_features
-from reid_jax.evaluation.protocols import REPORTED_METRICS, run_protocol
+from reid_jax.evaluation.protocols import format_metrics, run_protocol
 from reid_jax.evaluation.report import write_report
 
 log = logging.getLogger("reid_jax")
@@ -75,11 +75,10 @@ def evaluate_state(
   results = _score(config, name, features, table, splits)
   results["step"] = step
   log.info(
-    "Step %d, protocol %s: rank-1 %.2f%%  rank-5 %.2f%%  rank-10 %.2f%%  "
-    "rank-20 %.2f%%  mAP %.2f%%  mINP %.2f%%  (features in %.1fs)",
+    "Step %d, protocol %s: %s  (features in %.1fs)",
     step,
     results["protocol"],
-    *(100 * results[k] for k in REPORTED_METRICS),
+    format_metrics(results),
     extract_seconds,
   )
   if workdir is not None and jax.process_index() == 0:
@@ -199,15 +198,7 @@ def score_split_features(config, workdir: str) -> dict:
       elif not np.array_equal(saved["pids"], table.pids):
         raise ValueError(f"{path} holds another evaluation set than {paths[0]}")
   results = _score(config, name, features, table, range(len(paths)))
-  log.info(
-    "%s over %d splits: rank-1 %.2f%% (std %.2f)  mAP %.2f%% (std %.2f)",
-    name,
-    len(paths),
-    100 * results["rank1"],
-    100 * results["rank1_std"],
-    100 * results["mAP"],
-    100 * results["mAP_std"],
-  )
+  log.info("%s over %d splits: %s", name, len(paths), format_metrics(results))
   if jax.process_index() == 0:
     write_report(workdir, results)
   return results
