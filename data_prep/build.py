@@ -66,7 +66,7 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
     raise FileExistsError(f"{final_dir} exists but holds no finished build; remove it first")
   start = time.perf_counter()
   # Fail on layout errors before TFDS starts (and before the slow TensorFlow import).
-  check_layout(spec, manual_dir)
+  tracklets_per_split = check_layout(spec, manual_dir)
 
   import tensorflow_datasets as tfds
 
@@ -75,7 +75,9 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
   os.makedirs(data_dir, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{dataset}.incomplete-", dir=data_dir)
   try:
-    builder = builders.builder_class(dataset)(data_dir=staging)
+    builder = builders.builder_class(dataset)(
+      data_dir=staging, tracklets_per_split=tracklets_per_split
+    )
     # TFDS prints "Downloading and preparing dataset Unknown size ..." naming the staging
     # folder; the table printed below says what was built, and where.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -102,18 +104,18 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
   return final_dir
 
 
-def check_layout(spec: Dataset, manual_dir: str) -> int:
-  """Reads the whole layout once (without decoding images); returns the number of tracklets."""
+def check_layout(spec: Dataset, manual_dir: str) -> dict[str, int]:
+  """Reads the whole layout once (without decoding images); returns the tracklets per split."""
   if not os.path.isdir(manual_dir):
     raise LayoutError(f"missing folder: {manual_dir} (the manual download directory)")
-  count = 0
+  counts = dict.fromkeys(spec.splits, 0)
   for t in spec.read(manual_dir):
-    if t.split not in spec.splits:
+    if t.split not in counts:
       raise ValueError(f"{spec.name}: reader yielded split {t.split!r}, not one of {spec.splits}")
-    count += 1
-  if not count:
+    counts[t.split] += 1
+  if not sum(counts.values()):
     raise LayoutError(f"{manual_dir}: no tracklets found")
-  return count
+  return counts
 
 
 def _tfrecords(path: str) -> Iterator[tuple[int, bytes]]:

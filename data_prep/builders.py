@@ -30,6 +30,12 @@ class _TrackletBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   DATASET: Dataset
 
+  def __init__(self, *, tracklets_per_split: dict[str, int] | None = None, **kwargs):
+    """`tracklets_per_split` (as `data_prep.build.check_layout` counts them) saves a pass of the
+    reader per split; without it the reader counts them first."""
+    super().__init__(**kwargs)
+    self._tracklets_per_split = tracklets_per_split or {}
+
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
       "frames": tfds.features.Sequence(
@@ -59,6 +65,13 @@ class _TrackletBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, manual_dir, split):
     # The reader runs once per split, so a streaming reader keeps one tracklet in memory.
+    count = self._tracklets_per_split.get(split)
+    if count is None:
+      count = sum(t.split == split for t in self.DATASET.read(manual_dir))
+    # With shuffling disabled TFDS writes examples in key order, and a split larger than its
+    # 1 GB buffer goes to 1,000 temporary buckets by key range, each read back whole: keys
+    # spread over the whole 128-bit range keep each bucket a thousandth of the split.
+    spacing = 2**128 // max(count, 1)
     index = 0
     for t in self.DATASET.read(manual_dir):
       if t.split != split:
@@ -74,7 +87,7 @@ class _TrackletBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       }
       if self.DATASET.person_splits:
         example["person_split_role"] = np.asarray(t.person_split_role, np.int8)
-      yield index, example
+      yield index * spacing, example
       index += 1
 
 

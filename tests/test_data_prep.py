@@ -104,6 +104,31 @@ def test_rebuild_is_a_no_op(mars, capsys):
   assert os.stat(shard).st_mtime_ns == before
 
 
+def test_a_split_beyond_the_write_buffer_is_spread_over_buckets_in_order(tmp_path, monkeypatch):
+  """TFDS writes a split larger than its memory buffer through 1,000 temporary buckets, each
+  read back whole: the build's keys must spread the tracklets over them, in canonical order."""
+  from tensorflow_datasets.core import shuffle
+
+  buckets = []
+  get_bucket_number = shuffle.get_bucket_number
+
+  def spy(hkey, num_buckets, max_hkey=None):
+    buckets.append(get_bucket_number(hkey, num_buckets, max_hkey))
+    return buckets[-1]
+
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 0)  # every split takes the bucket path
+  monkeypatch.setattr(shuffle, "get_bucket_number", spy)
+  manual = _tiny_mars(tmp_path / "download")
+  build_lib.build("mars", manual, str(tmp_path / "data"))
+  index = _index(tmp_path / "data", "mars", "train")
+  assert len(buckets) == len(index["pids"]) + len(_index(tmp_path / "data", "mars", "eval")["pids"])
+  train_buckets = buckets[: len(index["pids"])]
+  assert train_buckets == sorted(train_buckets) and len(set(train_buckets)) == len(train_buckets)
+  with open(os.path.join(manual, "info", "train_name.txt")) as f:
+    first = f.read().split()[0]
+  assert index["frame_numbers"][0] == int(first.split("F")[1][:-4])
+
+
 def test_failed_build_leaves_nothing(tmp_path):
   manual = _tiny_mars(tmp_path / "download")
   with open(os.path.join(manual, "info", "test_name.txt")) as f:
