@@ -13,7 +13,7 @@ import importlib
 
 from data_prep.dataset import Dataset, Protocol
 
-NAMES = ("mars", "ilidsvid", "prid2011", "duke")
+NAMES = ("mars", "ilidsvid", "prid2011", "duke", "lsvid")
 
 
 @functools.cache
