@@ -46,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
       seed=0,
     )
   )
-  c.dataset.split_index = 0  # iLIDS-VID / PRID2011 person split used for training
+  c.dataset.split_index = 0  # the person split trained on (datasets with person splits)
 
   c.data = ml_collections.ConfigDict()
   c.data.P = 32  # identities per global batch (the global batch is P x K clips)

@@ -61,7 +61,7 @@ def _local_rows(global_batch: int, process_index: int, process_count: int) -> sl
 
 
 def _training_pool(index: dict[str, np.ndarray], split_index: int) -> np.ndarray:
-  """Rows of the train index used for training (iLIDS-VID / PRID2011: that split's people)."""
+  """Rows of the train index used for training (with person splits: that split's people)."""
   splits = index["person_split_role"]
   if not splits.shape[1]:
     return np.arange(len(index["pids"]))
@@ -73,7 +73,7 @@ def _training_pool(index: dict[str, np.ndarray], split_index: int) -> np.ndarray
 def train_info(data_dir: str, dataset: str, *, split_index: int = 0) -> dict[str, int]:
   """`num_classes`, `num_tracklets`, `num_identities` of the training pool.
 
-  `split_index` selects the person split for iLIDS-VID and PRID2011 (ignored otherwise).
+  `split_index` selects the person split of datasets that have them (ignored otherwise).
   """
   index = built.load_index(data_dir, dataset, "train")
   rows = _training_pool(index, split_index)
@@ -224,13 +224,13 @@ def make_train_iterator(
 
   Args:
       data_dir: where `python -m data_prep.build` wrote the dataset.
-      dataset: mars, ilidsvid, prid2011 or duke.
+      dataset: a name of `data_prep.datasets`.
       P, K: identities per batch and tracklets per identity.
       num_frames, stride: T frames every `stride` frames per clip.
       height, width: clip frame size (crops of the frames scaled up by 1/8).
       seed: sampling and augmentation seed.
       start_step: global step of the first batch.
-      split_index: person split (iLIDS-VID, PRID2011) whose train people are used.
+      split_index: person split whose train people are used (datasets with person splits).
       process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
 
   Yields:
@@ -299,9 +299,9 @@ def make_eval_iterator(
   of batches of `batch_size / process_count` rows (process i: rows `[i * b, (i + 1) * b)` of
   each global batch). Frames are resized to `height x width`, no crop or flip.
 
-  The eval set is MARS: all test tracklets; Duke: query then gallery; iLIDS-VID and PRID2011:
-  all tracklets of both cameras, the same for every split (`TrackletTable.person_split_role`
-  says who is a test person where); `split_index` is only checked to name one of those splits.
+  The eval set is the dataset's `eval` view (`data_prep.datasets`), the same for every person
+  split (`TrackletTable.person_split_role` says who is a test person where); `split_index` is
+  only checked to name one of those splits.
 
   Returns:
       The iterator of `clips uint8 [b, T, H, W, 3]`, `frame_mask bool [b, T]`, `tracklet int32

@@ -180,7 +180,7 @@ def extract(config, workdir: str) -> str:
 
 
 def score_split_features(config, workdir: str) -> dict:
-  """The 10-split mean of iLIDS-VID / PRID2011: `config.eval.split_features` lists, comma
+  """The mean over person splits (iLIDS-VID, PRID2011): `config.eval.split_features` lists, comma
   separated and in split order, the `.npz` files written by `extract` for the models trained
   with `dataset.split_index` = 0, 1, ...; each model is scored on its own split."""
   paths = [p.strip() for p in config.eval.split_features.split(",") if p.strip()]
