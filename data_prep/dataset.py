@@ -84,3 +84,14 @@ class Dataset:
         return protocol
     names = [p.name for p in self.protocols]
     raise ValueError(f"{self.name} has no protocol {name!r}; choose one of {names}")
+
+
+def camera_pair_protocol(name: str, query_camera: str, gallery_camera: str) -> Protocol:
+  """The protocol of a two-camera dataset with person splits (iLIDS-VID, PRID2011)."""
+  return Protocol(
+    name,
+    queries_in_gallery=False,
+    person_splits=True,
+    description=f"per person split: its test people seen by {query_camera} are the queries, the "
+    f"same people seen by {gallery_camera} the gallery; mean and std over the splits",
+  )

@@ -16,8 +16,10 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from data_prep.dataset import LayoutError
+from data_prep.dataset import LayoutError, Tracklet
 
+# The one TFDS split of two-camera, person-split datasets (iLIDS-VID, PRID2011).
+PERSON_SPLIT_TFDS_SPLIT = "tracklets"
 # PNG frames (iLIDS-VID, PRID2011) are stored as JPEG so every dataset decodes through one path.
 JPEG_QUALITY = 95
 
@@ -121,3 +123,21 @@ def sorted_frames(frames: list[tuple[int, str]], where: str) -> tuple[tuple[int,
 def person_split_roles(test_people: list[set[int]], people: list[int]) -> dict[int, tuple]:
   """Per person: for each split, 1 when a test person there, 0 when a train person."""
   return {p: tuple(int(p in test) for test in test_people) for p in people}
+
+
+def camera_pair_tracklet(
+  person: int, camid: int, frames: list, where: str, roles: dict
+) -> Tracklet:
+  """The tracklet of `person` in camera `camid` of a two-camera, person-split dataset (one
+  tracklet per person and camera, all in one TFDS split): camera 1 is the query side."""
+  numbers, paths = sorted_frames(frames, where)
+  return Tracklet(
+    split=PERSON_SPLIT_TFDS_SPLIT,
+    frames=paths,
+    frame_numbers=numbers,
+    pid=person,
+    camid=camid,
+    tracklet_id=1,
+    role="query" if camid == 1 else "gallery",
+    person_split_role=roles[person],
+  )

@@ -40,25 +40,12 @@ def random_problem(rng, num_q, num_g, num_ids=12, num_cams=3, levels=6):
 def test_reference_on_a_hand_worked_case():
   # Gallery by distance: g0 (match), g1 (other id), g2 (same id, same camera: junk), g3 (match).
   distmat = np.array([[0.1, 0.2, 0.3, 0.4]])
-  cmc, ap, inp = reference_metrics(
-    distmat,
-    np.array([5]),
-    np.array([5, 7, 5, 5]),
-    np.array([0]),
-    np.array([1, 1, 0, 2]),
-    max_rank=3,
-  )
+  labels = (np.array([5]), np.array([5, 7, 5, 5]), np.array([0]), np.array([1, 1, 0, 2]))
+  cmc, ap, inp = reference_metrics(distmat, *labels, max_rank=3)
   np.testing.assert_allclose(cmc, [1, 1, 1])
   assert ap == pytest.approx((1 / 1 + 2 / 3) / 2)
   assert inp == pytest.approx(2 / 3)
-  got_cmc, got_ap = evaluate_rank(
-    distmat,
-    np.array([5]),
-    np.array([5, 7, 5, 5]),
-    np.array([0]),
-    np.array([1, 1, 0, 2]),
-    max_rank=3,
-  )
+  got_cmc, got_ap = evaluate_rank(distmat, *labels, max_rank=3)
   np.testing.assert_allclose(got_cmc, cmc)
   assert got_ap == pytest.approx(ap, abs=1e-7)
 

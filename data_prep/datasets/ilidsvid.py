@@ -12,7 +12,7 @@ import os
 import re
 
 from data_prep import layout
-from data_prep.dataset import Dataset, LayoutError, Protocol, Tracklet
+from data_prep.dataset import Dataset, LayoutError, Tracklet, camera_pair_protocol
 
 PERSON_SPLITS = 10
 _PERSON = re.compile(r"person(\d{3})")
@@ -67,19 +67,7 @@ def read(manual_dir: str) -> list[Tracklet]:
         if int(m[1]) != camid:
           raise LayoutError(f"{path}: frame of camera {m[1]} in {folder}")
         frames.append((int(m[3]), path))
-      numbers, paths = layout.sorted_frames(frames, folder)
-      tracklets.append(
-        Tracklet(
-          split="tracklets",
-          frames=paths,
-          frame_numbers=numbers,
-          pid=person,
-          camid=camid,
-          tracklet_id=1,
-          role="query" if camid == 1 else "gallery",
-          person_split_role=roles[person],
-        )
-      )
+      tracklets.append(layout.camera_pair_tracklet(person, camid, frames, folder, roles))
   return tracklets
 
 
@@ -89,16 +77,8 @@ DATASET = Dataset(
   instructions="Download and unpack iLIDS-VID.tar; pass the folder holding i-LIDS-VID/ (or "
   'i-LIDS-VID/ itself, with sequences/ and "train-test people splits/") as the manual directory.',
   read=read,
-  splits=("tracklets",),
-  views={"train": ("tracklets",), "eval": ("tracklets",)},
-  protocols=(
-    Protocol(
-      "ilidsvid",
-      queries_in_gallery=False,
-      person_splits=True,
-      description="per person split: its test people seen by cam1 are the queries, the same "
-      "people seen by cam2 the gallery; mean and std over the 10 splits",
-    ),
-  ),
+  splits=(layout.PERSON_SPLIT_TFDS_SPLIT,),
+  views={"train": (layout.PERSON_SPLIT_TFDS_SPLIT,), "eval": (layout.PERSON_SPLIT_TFDS_SPLIT,)},
+  protocols=(camera_pair_protocol("ilidsvid", "cam1", "cam2"),),
   person_splits=PERSON_SPLITS,
 )

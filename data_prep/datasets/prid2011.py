@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from data_prep import layout
-from data_prep.dataset import Dataset, LayoutError, Protocol, Tracklet
+from data_prep.dataset import Dataset, LayoutError, Tracklet, camera_pair_protocol
 
 PERSON_SPLITS = 10
 # Seed of the 10 person splits when no `splits_prid2011.json` is given.
@@ -58,18 +58,8 @@ def read(manual_dir: str) -> list[Tracklet]:
   for person in people:
     for cam, cam_dir in enumerate(cam_dirs):
       where = os.path.join(cam_dir, f"person_{person:04d}")
-      numbers, paths = layout.sorted_frames(frames_of[cam][person], where)
       tracklets.append(
-        Tracklet(
-          split="tracklets",
-          frames=paths,
-          frame_numbers=numbers,
-          pid=person,
-          camid=cam + 1,
-          tracklet_id=1,
-          role="query" if cam == 0 else "gallery",
-          person_split_role=roles[person],
-        )
+        layout.camera_pair_tracklet(person, cam + 1, frames_of[cam][person], where, roles)
       )
   return tracklets
 
@@ -117,16 +107,8 @@ DATASET = Dataset(
   "prid_2011/ itself, with multi_shot/) as the manual directory. Put splits_prid2011.json there "
   f"to use the usual splits; without it 10 random splits with seed {SPLIT_SEED} are made.",
   read=read,
-  splits=("tracklets",),
-  views={"train": ("tracklets",), "eval": ("tracklets",)},
-  protocols=(
-    Protocol(
-      "prid2011",
-      queries_in_gallery=False,
-      person_splits=True,
-      description="per person split: its test people seen by cam_a are the queries, the same "
-      "people seen by cam_b the gallery; mean and std over the 10 splits",
-    ),
-  ),
+  splits=(layout.PERSON_SPLIT_TFDS_SPLIT,),
+  views={"train": (layout.PERSON_SPLIT_TFDS_SPLIT,), "eval": (layout.PERSON_SPLIT_TFDS_SPLIT,)},
+  protocols=(camera_pair_protocol("prid2011", "cam_a", "cam_b"),),
   person_splits=PERSON_SPLITS,
 )
