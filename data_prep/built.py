@@ -63,11 +63,15 @@ def load_index(data_dir: str, dataset: str, view: str) -> dict[str, np.ndarray]:
 
 
 def format_stats(stats: dict) -> str:
-  """`stats.json` as a table, one row per split, under a line naming the protocol."""
-  title = f"{stats['dataset']}, protocol {stats['protocol']}"
-  if stats["person_split"] is not None:
-    title += f", person split {stats['person_split']}"
-  lines = [title, f"{'split':<8}" + "".join(f"{f:>12}" for f in STATS_FIELDS)]
-  for split, row in stats["splits"].items():
+  """`stats.json` as a table, one row per split, under a line naming the protocol (builds of
+  earlier versions, whose `stats.json` holds only the splits, print without it)."""
+  lines = []
+  if "splits" in stats:
+    title = f"{stats['dataset']}, protocol {stats['protocol']}"
+    if stats["person_split"] is not None:
+      title += f", person split {stats['person_split']}"
+    lines.append(title)
+  lines.append(f"{'split':<8}" + "".join(f"{f:>12}" for f in STATS_FIELDS))
+  for split, row in stats.get("splits", stats).items():
     lines.append(f"{split:<8}" + "".join(f"{row[f]:>12}" for f in STATS_FIELDS))
   return "\n".join(lines)

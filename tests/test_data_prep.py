@@ -104,6 +104,20 @@ def test_rebuild_is_a_no_op(mars, capsys):
   assert os.stat(shard).st_mtime_ns == before
 
 
+def test_a_build_of_an_earlier_version_still_counts_as_built(mars, tmp_path, capsys):
+  """Its stats.json held only the splits; the index format is unchanged."""
+  manual, data_dir = mars
+  old = tmp_path / "data"
+  shutil.copytree(os.path.join(data_dir, "mars"), old / "mars")
+  with open(old / "mars" / "stats.json") as f:
+    splits = json.load(f)["splits"]
+  with open(old / "mars" / "stats.json", "w") as f:
+    json.dump(splits, f)
+  build_lib.build("mars", manual, str(old))
+  out = capsys.readouterr().out
+  assert "already built" in out and "\ngallery " in out
+
+
 def test_a_split_beyond_the_write_buffer_is_spread_over_buckets_in_order(tmp_path, monkeypatch):
   """TFDS writes a split larger than its memory buffer through 1,000 temporary buckets, each
   read back whole: the build's keys must spread the tracklets over them, in canonical order."""
