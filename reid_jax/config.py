@@ -17,7 +17,7 @@ from reid_jax.distances import METRICS
 from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
 from reid_jax.models.nonlocal_block import ATTENTION_IMPLS
 
-MODES = ("train", "eval", "extract")
+MODES = ("train", "eval", "extract", "embed")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -94,6 +94,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.split_features = ""
   c.eval.num_ranked_queries = 4  # ranked-results sheets written by the report
   c.eval.top_k = 10
+
+  # `embed` mode: one feature per tracklet of a user's footage (reid_jax/footage/).
+  c.embed = ml_collections.ConfigDict()
+  c.embed.input = ""  # tracklet folders, camera folders of tracklets, videos, or one video
+  c.embed.tracks = ""  # one video's MOTChallenge track file (default: <video stem>.txt beside it)
+  c.embed.output = ""  # default <workdir>/embeddings.npz
+  c.embed.min_length = 1  # tracks with fewer frames are left out (counted in the log)
+  c.embed.skip_bad = False  # skip malformed track lines and boxes outside the frame (counted)
 
   # Initial weights: at most one source. Each implies the input normalisation the model is
   # trained with (recorded in its checkpoints; see reid_jax/data/normalize.py).
@@ -191,6 +199,12 @@ def _check(ok: bool, field: str, message: str):
 def validate(config, *, num_devices: int) -> None:
   """Raises ValueError naming the field of the first impossible setting."""
   _check(config.mode in MODES, "mode", f"{config.mode!r} is not one of {MODES}")
+  _check(
+    config.mode != "embed" or bool(config.embed.input),
+    "embed.input",
+    "embed mode needs the footage: a folder of tracklets or videos, or one video",
+  )
+  _check(config.embed.min_length >= 1, "embed.min_length", "must be >= 1")
   _check(
     config.dataset.name in datasets.NAMES,
     "dataset.name",

@@ -4,8 +4,9 @@ r"""Trains, evaluates or extracts features with the paper's model.
 
 Without `--config` the synthetic demo (`configs/synthetic.py`) runs. `--config.mode` picks
 `train` (the default; resumes from `--workdir` if it holds checkpoints), `eval` (restores
-`--config.eval.step`, default the latest, writes metrics.json and pictures) or `extract` (writes
-per-tracklet features to `<workdir>/features_step<N>.npz`). Multi-process runs start through
+`--config.eval.step`, default the latest, writes metrics.json and pictures), `extract` (writes
+per-tracklet features to `<workdir>/features_step<N>.npz`) or `embed` (one feature per tracklet
+of your own footage, `--config.embed.input=PATH`, to `<workdir>/embeddings.npz`). Multi-process runs start through
 `launch.sh`, which passes `--coordinator_address`, `--num_processes` and `--process_id` (or
 `--distributed` where JAX finds them itself: SLURM, Cloud TPU).
 """
@@ -115,8 +116,12 @@ def main(argv):
     runner.evaluate_checkpoint(config, workdir)
   elif config.mode == "extract":
     runner.extract(config, workdir)
+  elif config.mode == "embed":
+    from reid_jax.footage import embed
+
+    embed.embed(config, workdir)
   else:
-    raise app.UsageError(f"config.mode must be train, eval or extract, got {config.mode!r}")
+    raise app.UsageError(f"config.mode {config.mode!r} is not train, eval, extract or embed")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def train_info(data_dir: str, dataset: str, *, split_index: int = 0) -> dict[str
   return dict(num_classes=num_ids, num_tracklets=len(rows), num_identities=num_ids)
 
 
-def _resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
+def resize_frame(image, height: int, width: int) -> tf.Tensor:
   """Bilinear resize to uint8 `height x width`; frames already that size are passed through."""
   shape = tf.shape(image)
 
@@ -112,7 +112,7 @@ def _train_clip_fn(num_frames: int, height: int, width: int):
     windows = _crop_windows(jpegs, row["crops"], height, width, up_height, up_width)
     clip = tf.stack(
       [
-        _resize(tf.io.decode_and_crop_jpeg(jpeg, windows[t], channels=3), height, width)
+        resize_frame(tf.io.decode_and_crop_jpeg(jpeg, windows[t], channels=3), height, width)
         for t, jpeg in enumerate(jpegs)
       ]
     )
@@ -125,7 +125,7 @@ def _train_clip_fn(num_frames: int, height: int, width: int):
 def decode_eval_frame(jpeg, height: int, width: int) -> tf.Tensor:
   """A JPEG -> the uint8 `height x width x 3` frame evaluation feeds the model (also what the
   report's pictures show and what the attention picture runs the model on)."""
-  return _resize(tf.io.decode_jpeg(jpeg, channels=3), height, width)
+  return resize_frame(tf.io.decode_jpeg(jpeg, channels=3), height, width)
 
 
 def _eval_clip_fn(num_frames: int, height: int, width: int):

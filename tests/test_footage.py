@@ -1,0 +1,281 @@
+"""`embed` mode on a user's footage: tracklet folders, videos with MOT track files, bad input."""
+
+import os
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import built
+from reid_jax import train
+from reid_jax.evaluation import runner
+from reid_jax.footage import embed as embed_lib
+from reid_jax.footage.sources import FootageError, crop, discover, parse_mot
+
+from tiny_training import tiny_config
+
+T, H, W = 4, 32, 16  # the tiny config's clips
+
+
+def _write_mot(path, rows):
+  with open(path, "w") as f:
+    f.write("\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
+  return str(path)
+
+
+def _write_video(path, frames):
+  """A lossless (FFV1) video of RGB `frames`."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("ffv1", rate=10)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = "bgr0"
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return str(path)
+
+
+def _save(path, image):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(image).save(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Track files
+
+
+def test_mot_tracks_out_of_order_with_gaps(tmp_path):
+  path = _write_mot(
+    tmp_path / "cam.txt",
+    [
+      (3, 7, 1, 2, 10, 20, 0.9, -1, -1, -1),
+      (1, 7, 0, 0, 10, 20, 0.8, -1, -1, -1),
+      (2, 2, 5.5, 6.5, 8, 9, 1),
+      (7, 7, 1, 1, 10, 20, 1),  # a gap: frames 4-6 without a box
+      (1, 2, 5, 6, 8, 9),
+    ],
+  )
+  tracks = parse_mot(path)
+  assert list(tracks) == [2, 7]
+  np.testing.assert_array_equal(tracks[7][0], [1, 3, 7])
+  np.testing.assert_array_equal(tracks[7][1][1], [1, 2, 10, 20])
+  np.testing.assert_array_equal(tracks[2][0], [1, 2])
+
+
+@pytest.mark.parametrize(
+  "line, message",
+  [
+    ("1,2,3,4,5", "5 fields"),
+    ("one,2,3,4,5,6", "could not convert"),
+    ("0,2,3,4,5,6", "1-based"),
+    ("1,2,3,4,0,6", "no area"),
+    ("1.5,2,3,4,5,6", "integers"),
+    ("1,1,0,0,4,4", "second box"),
+  ],
+)
+def test_malformed_track_line_is_named_or_skipped(tmp_path, line, message):
+  path = tmp_path / "cam.txt"
+  path.write_text("1,1,0,0,4,4\n\n" + line + "\n2,1,0,0,4,4\n")
+  with pytest.raises(FootageError, match=rf"{path}:3: .*{message}"):
+    parse_mot(str(path))
+  from reid_jax.footage.sources import Skipped
+
+  skipped = Skipped()
+  tracks = parse_mot(str(path), skip_bad=True, skipped=skipped)
+  assert skipped.lines == 1
+  np.testing.assert_array_equal(tracks[1][0], [1, 2])
+
+
+def test_crop_clips_boxes_over_the_edge():
+  frame = np.arange(10 * 8 * 3, dtype=np.uint8).reshape(10, 8, 3)
+  np.testing.assert_array_equal(crop(frame, np.array([-2.0, 7.5, 5, 10]), "x"), frame[7:10, 0:3])
+  with pytest.raises(FootageError, match="x: the box .* outside the 8x10 frame"):
+    crop(frame, np.array([8.0, 0, 3, 3]), "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+def test_folder_layouts_and_frame_order(tmp_path):
+  image = np.zeros((8, 4, 3), np.uint8)
+  for name in ("f_2.jpg", "f_10.jpg", "f_9.png"):
+    _save(str(tmp_path / "flat" / "walker" / name), image)
+  (tmp_path / "flat" / "walker" / "notes.txt").write_text("not a frame")
+  tracks, _ = discover(str(tmp_path / "flat"))
+  assert [(t.name, t.camera) for t in tracks] == [("walker", "")]
+  np.testing.assert_array_equal(tracks[0].frame_numbers, [2, 9, 10])  # by number, not name
+  for cam in ("c1", "c2"):
+    for tracklet in ("t1", "t2"):
+      _save(str(tmp_path / "cams" / cam / tracklet / "0001.jpg"), image)
+  tracks, _ = discover(str(tmp_path / "cams"))
+  assert [(t.name, t.camera) for t in tracks] == [
+    ("c1/t1", "c1"),
+    ("c1/t2", "c1"),
+    ("c2/t1", "c2"),
+    ("c2/t2", "c2"),
+  ]
+
+
+def test_folder_errors_are_named(tmp_path):
+  image = np.zeros((8, 4, 3), np.uint8)
+  _save(str(tmp_path / "a" / "t" / "snapshot.jpg"), image)
+  with pytest.raises(FootageError, match="snapshot.jpg: no frame number"):
+    discover(str(tmp_path / "a"))
+  (tmp_path / "b" / "cam" / "empty").mkdir(parents=True)
+  with pytest.raises(FootageError, match="empty: an empty tracklet"):
+    discover(str(tmp_path / "b"))
+  _save(str(tmp_path / "c" / "t" / "1.jpg"), image)
+  _save(str(tmp_path / "c" / "t" / "01.png"), image)
+  with pytest.raises(FootageError, match="two frames share a frame number"):
+    discover(str(tmp_path / "c"))
+  with pytest.raises(FootageError, match="no such file or folder"):
+    discover(str(tmp_path / "missing"))
+  _save(str(tmp_path / "d" / "t" / "1.jpg"), image)
+  with pytest.raises(FootageError, match="no tracklet of at least 5 frames"):
+    discover(str(tmp_path / "d"), min_length=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# One scene as a video and as crops
+
+
+def _scene(tmp_path):
+  """A 40 x 48 video of 9 frames with two tracks (one runs over the right edge), and the same
+  crops as PNG tracklet folders."""
+  rng = np.random.default_rng(0)
+  frames = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(9)]
+  _write_video(tmp_path / "videos" / "gate.mkv", frames)
+  rows = [(f, 1, 2, 3 + f, 12, 20) for f in range(1, 10)]  # 9 frames
+  rows += [(f, 4, 40.5, 10, 16, 24) for f in (2, 3, 5)]  # over the edge, a gap
+  _write_mot(tmp_path / "videos" / "gate.txt", rows)
+  for frame, track, left, top, width, height in rows:
+    box = np.array([left, top, width, height], float)
+    _save(
+      str(tmp_path / "crops" / "gate" / f"track{track}" / f"{frame:04d}.png"),
+      crop(frames[frame - 1], box, "scene"),
+    )
+  return tmp_path / "videos", tmp_path / "crops"
+
+
+def _clips(path, batch=4):
+  tracks, _ = discover(str(path))
+  groups = embed_lib.local_sources(tracks, 0, 1)
+  chunks = sum(embed_lib.num_chunks(g, T) for g in groups)
+  progress = type("P", (), {"update": lambda self, n: None})()
+  batches = embed_lib.chunk_batches(
+    groups, T=T, height=H, width=W, batch=batch, num_batches=-(-chunks // batch), progress=progress
+  )
+  return tracks, list(batches)
+
+
+def test_a_video_and_its_crops_give_the_same_clips(tmp_path):
+  videos, crops = _scene(tmp_path)
+  video_tracks, video_batches = _clips(videos)
+  folder_tracks, folder_batches = _clips(crops)
+  assert [t.name for t in video_tracks] == ["gate:1", "gate:4"]
+  assert [t.camera for t in video_tracks] == ["gate", "gate"]
+  assert [t.num_frames for t in video_tracks] == [t.num_frames for t in folder_tracks] == [9, 3]
+  np.testing.assert_array_equal(video_tracks[1].frame_numbers, [2, 3, 5])
+  # Chunks of one video come in decoding order, of folders tracklet by tracklet: compare per row.
+  for rows in ((0,), (1,)):
+    pick = lambda batches: np.concatenate(
+      [b["clips"][np.isin(b["tracklet"], rows)] for b in batches]
+    )
+    np.testing.assert_array_equal(pick(video_batches), pick(folder_batches))
+  # 9 frames: chunks of 4, 4 and 1 (repeated); 3 frames: one chunk.
+  rows = np.concatenate([b["tracklet"] for b in video_batches])
+  assert sorted(rows[rows >= 0].tolist()) == [0, 0, 0, 1]
+
+
+def test_video_errors_are_named(tmp_path):
+  videos, _ = _scene(tmp_path)
+  track_file = videos / "gate.txt"
+  original = track_file.read_text()
+  track_file.write_text(original + "3,9,60,0,4,4\n")  # wholly outside 48 x 40
+  with pytest.raises(FootageError, match=r"gate.txt: track 9's box in frame 3 .* outside"):
+    discover(str(videos))
+  tracks, skipped = discover(str(videos), skip_bad=True)
+  assert skipped.boxes == 1 and [t.name for t in tracks] == ["gate:1", "gate:4"]
+  track_file.write_text(original + "12,9,0,0,4,4\n")  # beyond the 9 frames
+  with pytest.raises(
+    FootageError, match="gate.mkv has 9 frames, but its track file has boxes up to frame 12"
+  ):
+    _clips(videos)
+  (videos / "gate.mkv").write_bytes(b"not a video")
+  with pytest.raises(FootageError, match="gate.mkv: unreadable video"):
+    discover(str(videos))
+
+
+# ---------------------------------------------------------------------------------------------
+# The mode, on a trained model
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("embed_run")
+  config = tiny_config(data_dir, **{"optim.total_epochs": 1, "optim.decay_start_epoch": 0})
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def test_embed_of_the_eval_tracklets_equals_extract(data_dir, trained, tmp_path):
+  index = built.load_index(str(data_dir), "mars", "eval")
+  root = str(built.finished_dir(str(data_dir), "mars"))
+  for row in range(len(index["pids"])):
+    for frame in range(index["frame_start"][row], index["frame_start"][row + 1]):
+      shard = os.path.join(root, str(index["shards"][index["frame_shard"][frame]]))
+      with open(shard, "rb") as f:
+        f.seek(index["frame_offset"][frame])
+        jpeg = f.read(index["frame_length"][frame])
+      path = tmp_path / "footage" / f"cam{index['camids'][row]}" / f"t{row:04d}" / f"{frame}.jpg"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_bytes(jpeg)
+  extracted = runner.extract(tiny_config(data_dir, mode="extract"), str(trained))
+  output = embed_lib.embed(
+    tiny_config(
+      data_dir, mode="embed", **{"embed.input": str(tmp_path / "footage"), "embed.output": ""}
+    ),
+    str(trained),
+  )
+  assert output == os.path.join(str(trained), "embeddings.npz")
+  embedded = embed_lib.load_embeddings(output)
+  order = np.argsort([int(n.split("/t")[1]) for n in embedded["names"]])
+  with np.load(extracted) as saved:
+    np.testing.assert_allclose(embedded["features"][order], saved["features"], atol=1e-5)
+    np.testing.assert_array_equal(embedded["num_frames"][order], saved["num_frames"])
+  assert embedded["cameras"][order][0] == f"cam{index['camids'][0]}"
+  assert embedded["meta"]["model"] == "resnet3d50_nl" and embedded["meta"]["step"] == 2
+
+
+def test_embed_of_a_video_equals_embed_of_its_crops(data_dir, trained, tmp_path):
+  videos, crops = _scene(tmp_path)
+  out = {}
+  for name, path in (("video", videos), ("crops", crops)):
+    config = tiny_config(
+      data_dir,
+      mode="embed",
+      **{"embed.input": str(path), "embed.output": str(tmp_path / f"{name}.npz")},
+    )
+    out[name] = embed_lib.load_embeddings(embed_lib.embed(config, str(trained)))
+  np.testing.assert_allclose(out["video"]["features"], out["crops"]["features"], atol=1e-5)
+  assert out["video"]["names"].tolist() == ["gate:1", "gate:4"]
+  np.testing.assert_array_equal(out["video"]["first_frame"], [1, 2])
+  np.testing.assert_array_equal(out["video"]["last_frame"], [9, 5])
+
+
+def test_a_failed_embed_writes_nothing(data_dir, trained, tmp_path):
+  image = np.zeros((8, 4, 3), np.uint8)
+  _save(str(tmp_path / "in" / "t" / "1.jpg"), image)
+  (tmp_path / "in" / "t" / "2.jpg").write_bytes(b"\xff\xd8 truncated")
+  output = tmp_path / "out" / "embeddings.npz"
+  config = tiny_config(
+    data_dir, mode="embed", **{"embed.input": str(tmp_path / "in"), "embed.output": str(output)}
+  )
+  with pytest.raises(FootageError, match="2.jpg: unreadable frame"):
+    embed_lib.embed(config, str(trained))
+  assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
