@@ -17,7 +17,7 @@ from reid_jax.distances import METRICS
 from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
 from reid_jax.models.nonlocal_block import ATTENTION_IMPLS
 
-MODES = ("train", "eval", "extract", "embed")
+MODES = ("train", "eval", "extract", "embed", "search", "calibrate")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -102,6 +102,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.embed.output = ""  # default <workdir>/embeddings.npz
   c.embed.min_length = 1  # tracks with fewer frames are left out (counted in the log)
   c.embed.skip_bad = False  # skip malformed track lines and boxes outside the frame (counted)
+
+  # `search` mode: the nearest gallery tracklets of each query tracklet (reid_jax/footage/).
+  c.search = ml_collections.ConfigDict()
+  c.search.query = ""  # an embed output (default <workdir>/embeddings.npz)
+  c.search.gallery = (
+    ""  # another one (default: the query file; then same-camera pairs are left out)
+  )
+  c.search.top_k = 10
+  c.search.threshold = -1.0  # a match is at most this far; < 0: <workdir>/threshold.json if any
+  c.search.output = ""  # default <workdir>/search
+
+  # `calibrate` mode: the distance that separates same-person from different-person pairs.
+  c.calibrate = ml_collections.ConfigDict()
+  c.calibrate.false_match_rate = 0.01  # the threshold's share of different-person pairs under it
 
   # Initial weights: at most one source. Each implies the input normalisation the model is
   # trained with (recorded in its checkpoints; see reid_jax/data/normalize.py).
@@ -205,6 +219,12 @@ def validate(config, *, num_devices: int) -> None:
     "embed mode needs the footage: a folder of tracklets or videos, or one video",
   )
   _check(config.embed.min_length >= 1, "embed.min_length", "must be >= 1")
+  _check(config.search.top_k >= 1, "search.top_k", "must be >= 1")
+  _check(
+    0 < config.calibrate.false_match_rate < 1,
+    "calibrate.false_match_rate",
+    f"must lie in (0, 1), got {config.calibrate.false_match_rate}",
+  )
   _check(
     config.dataset.name in datasets.NAMES,
     "dataset.name",

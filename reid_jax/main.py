@@ -97,6 +97,7 @@ def main(argv):
 
   _import_tensorflow_quietly()
   # These import TensorFlow and the JAX models: after initialisation.
+  from reid_jax import config as config_lib
   from reid_jax import train
   from reid_jax.evaluation import runner
 
@@ -120,8 +121,16 @@ def main(argv):
     from reid_jax.footage import embed
 
     embed.embed(config, workdir)
+  elif config.mode == "search":
+    from reid_jax.footage import search
+
+    search.search(config, workdir)
+  elif config.mode == "calibrate":
+    from reid_jax.footage import calibrate
+
+    calibrate.calibrate(config, workdir)
   else:
-    raise app.UsageError(f"config.mode {config.mode!r} is not train, eval, extract or embed")
+    raise app.UsageError(f"config.mode {config.mode!r} is not one of {config_lib.MODES}")
 
 
 if __name__ == "__main__":

@@ -279,3 +279,125 @@ def test_a_failed_embed_writes_nothing(data_dir, trained, tmp_path):
   with pytest.raises(FootageError, match="2.jpg: unreadable frame"):
     embed_lib.embed(config, str(trained))
   assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Search and calibration
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_top_k_in_blocks_equals_a_brute_force_ranking(metric):
+  from reid_jax.distances import pairwise_distances
+  from reid_jax.footage.search import top_k
+
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(37, 6)).astype(np.float32)
+  features[5] = features[9]  # a tie: gallery order decides
+  cameras = np.array(["a", "b", "c"])[rng.integers(0, 3, 37)]
+  dist = np.array(pairwise_distances(features, features, metric))
+  dist[cameras[:, None] == cameras[None, :]] = np.inf  # the same file: no same-camera pairs
+  expected = np.argsort(dist, axis=1, kind="stable")[:, :5]
+  # 16 bytes x 8 x 8: 8 x 8 blocks, so 5 gallery blocks per query block.
+  d, i = top_k(
+    features,
+    features,
+    5,
+    metric=metric,
+    query_cameras=cameras,
+    gallery_cameras=cameras,
+    block_bytes=16 * 64,
+  )
+  np.testing.assert_array_equal(i, expected)
+  np.testing.assert_allclose(d, np.take_along_axis(dist, expected, 1), rtol=1e-5, atol=1e-6)
+  # Another file: every pair counts.
+  d, i = top_k(features[:7], features, 3, metric=metric, block_bytes=16 * 64)
+  full = np.asarray(pairwise_distances(features[:7], features, metric))
+  np.testing.assert_array_equal(i, np.argsort(full, axis=1, kind="stable")[:, :3])
+
+
+def _fake_embeddings(path, features, cameras):
+  from reid_jax.footage.sources import Track
+
+  tracks = [Track(f"t{n}", cam, "src", np.arange(1, 4)) for n, cam in enumerate(cameras)]
+  embed_lib.write_embeddings(str(path), np.asarray(features, np.float32), tracks, {"step": 1})
+  return str(path)
+
+
+def test_search_mode_ranks_and_lists_cross_camera_matches(data_dir, tmp_path):
+  import csv
+
+  from reid_jax.footage import search as search_lib
+
+  features = [[0.0], [0.1], [5.0], [5.3], [0.05]]
+  path = _fake_embeddings(tmp_path / "e.npz", features, ["a", "b", "a", "b", "a"])
+  config = tiny_config(
+    data_dir,
+    mode="search",
+    **{"search.query": path, "search.top_k": 2, "search.threshold": 0.02},
+  )
+  out = search_lib.search(config, str(tmp_path))
+  with open(out["ranking"]) as f:
+    rows = list(csv.DictReader(f))
+  t0 = [r for r in rows if r["query"] == "t0"]
+  # t0's candidates are the camera-b tracklets only: t1 (0.01) then t3 (28.09).
+  assert [(r["gallery"], r["decision"]) for r in t0] == [("t1", "match"), ("t3", "no match")]
+  with open(out["matches"]) as f:
+    matches = list(csv.DictReader(f))
+  # Each pair once: t0-t1 (0.01) and t4-t1 (0.0025); t2-t3 is 0.09 apart.
+  assert sorted((m["query"], m["gallery"]) for m in matches) == [("t0", "t1"), ("t1", "t4")]
+  (tmp_path / "threshold.json").write_text('{"metric": "cosine", "threshold": 0.5}')
+  config.search.threshold = -1.0
+  with pytest.raises(ValueError, match="threshold on cosine distances"):
+    search_lib.search(config, str(tmp_path))
+
+
+def test_calibration_on_a_known_distribution():
+  from reid_jax.footage.calibrate import operating_points, pair_histograms
+
+  rng = np.random.default_rng(1)
+  # 60 people, 3 tracklets each over 2 cameras, on a line: same-person pairs are close.
+  pids = np.repeat(np.arange(60), 3)
+  cameras = np.tile([1, 2, 1], 60)
+  features = (pids * 1.0 + rng.normal(scale=0.3, size=len(pids)))[:, None].astype(np.float32)
+  edges, same, different = pair_histograms(features, pids, cameras, block_bytes=16 * 180 * 7)
+  i, j = np.triu_indices(len(pids), 1)
+  cross = cameras[i] != cameras[j]
+  dist = ((features[i, 0] - features[j, 0]) ** 2)[cross]
+  positive = (pids[i] == pids[j])[cross]
+  assert same.sum() == positive.sum() and different.sum() == (~positive).sum()
+  points = operating_points(edges, same, different, 0.01)
+  exact_fmr = lambda t: np.mean(dist[~positive] <= t)
+  exact_tmr = lambda t: np.mean(dist[positive] <= t)
+  t, width = points["threshold"], points["resolution"]
+  assert exact_fmr(t) <= 0.01 + 1e-9 < exact_fmr(t + width) + 1e-9
+  assert points["true_match_rate"] == pytest.approx(exact_tmr(t), abs=1e-6)
+  thresholds = np.sort(dist)
+  eer = min(
+    max(exact_fmr(x), 1 - exact_tmr(x)) for x in thresholds[:: max(1, len(thresholds) // 2000)]
+  )
+  assert points["eer"] == pytest.approx(eer, abs=0.02)
+
+
+def test_calibrate_then_search_on_the_trained_model(data_dir, trained, tmp_path):
+  import json
+
+  from reid_jax.footage import calibrate as calibrate_lib
+  from reid_jax.footage import search as search_lib
+
+  workdir = tmp_path / "run"  # the trained run's checkpoints, without its other outputs
+  workdir.mkdir()
+  os.symlink(os.path.join(str(trained), "checkpoints"), workdir / "checkpoints")
+  result = calibrate_lib.calibrate(tiny_config(data_dir, mode="calibrate"), str(workdir))
+  with open(workdir / "threshold.json") as f:
+    saved = json.load(f)
+  assert saved == result and saved["metric"] == "euclidean" and saved["step"] == 2
+  assert 0 < saved["true_match_rate"] <= 1 and saved["false_match_rate"] <= 0.01
+  assert (workdir / "pairs.png").stat().st_size and (workdir / "roc.png").stat().st_size
+  videos, _ = _scene(tmp_path)
+  embeddings = embed_lib.embed(
+    tiny_config(data_dir, mode="embed", **{"embed.input": str(videos)}), str(workdir)
+  )
+  out = search_lib.search(
+    tiny_config(data_dir, mode="search", **{"search.query": embeddings}), str(workdir)
+  )
+  assert out["threshold"] == saved["threshold"]

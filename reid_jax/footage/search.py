@@ -1,0 +1,217 @@
+"""`search` mode: the nearest gallery tracklets of every query tracklet, and the matches.
+
+Exact top-k on device in blocks of queries x gallery whose size is fixed by the memory budget
+(`reid_jax.distances.BLOCK_BYTES`), so the gallery's size only changes the time: each block's
+k best are merged into the running k best of its queries. When the query and gallery files are
+the same, a tracklet is never compared with its own camera (itself included): those pairs are
+what the tracker already links.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reid_jax.distances import BLOCK_BYTES, pairwise_distances
+
+log = logging.getLogger("reid_jax")
+
+# Bytes per query x gallery element of a block: distances, the mask and top_k's temporaries.
+_BYTES_PER_ELEMENT = 16
+
+
+@functools.partial(jax.jit, static_argnames=("k", "metric", "exclude_same_camera"))
+def _merge_block(
+  best_d,
+  best_i,
+  queries,
+  q_cams,
+  gallery,
+  g_cams,
+  offset,
+  num_gallery,
+  *,
+  k,
+  metric,
+  exclude_same_camera,
+):
+  dist = pairwise_distances(queries, gallery, metric)
+  index = offset + jnp.arange(gallery.shape[0], dtype=jnp.int32)
+  excluded = index[None, :] >= num_gallery  # padding
+  if exclude_same_camera:
+    excluded |= q_cams[:, None] == g_cams[None, :]
+  dist = jnp.where(excluded, jnp.inf, dist)
+  d = jnp.concatenate([best_d, dist], axis=1)
+  i = jnp.concatenate([best_i, jnp.broadcast_to(index, dist.shape)], axis=1)
+  # top_k of -d: the k smallest distances; ties keep the lower position, i.e. gallery order.
+  neg, pos = jax.lax.top_k(-d, k)
+  return -neg, jnp.take_along_axis(i, pos, axis=1)
+
+
+def _camera_codes(query_cameras, gallery_cameras):
+  names = {c: n for n, c in enumerate(sorted(set(query_cameras) | set(gallery_cameras)))}
+  code = lambda cams: np.array([names[c] for c in cams], np.int32)
+  return code(query_cameras), code(gallery_cameras)
+
+
+def top_k(
+  query: np.ndarray,
+  gallery: np.ndarray,
+  k: int,
+  *,
+  metric: str = "euclidean",
+  query_cameras=None,
+  gallery_cameras=None,
+  block_bytes: int = BLOCK_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`(distances [Q, k], indices [Q, k])` of the k nearest gallery items of each query, nearest
+  first (ties in gallery order); with cameras given, pairs of one camera are left out, and a
+  query with fewer than k candidates has index -1 and distance inf in the rest."""
+  k = int(k)
+  num_q, num_g = len(query), len(gallery)
+  exclude = query_cameras is not None
+  q_cams, g_cams = (
+    _camera_codes(query_cameras, gallery_cameras)
+    if exclude
+    else (np.zeros(num_q, np.int32), np.zeros(num_g, np.int32))
+  )
+  # Square-ish blocks within the budget; fixed shapes, so one compile.
+  side = max(8, int(np.sqrt(block_bytes / _BYTES_PER_ELEMENT)))
+  q_block, g_block = min(side, num_q), max(min(side, num_g), k)
+  gallery = np.asarray(gallery, np.float32)
+  out_d, out_i = [], []
+  for q_start in range(0, num_q, q_block):
+    queries = _pad(np.asarray(query[q_start : q_start + q_block], np.float32), q_block)
+    cams = _pad(q_cams[q_start : q_start + q_block], q_block)
+    best_d = jnp.full((q_block, k), jnp.inf, jnp.float32)
+    best_i = jnp.full((q_block, k), -1, jnp.int32)
+    for g_start in range(0, num_g, g_block):
+      best_d, best_i = _merge_block(
+        best_d,
+        best_i,
+        queries,
+        cams,
+        _pad(gallery[g_start : g_start + g_block], g_block),
+        _pad(g_cams[g_start : g_start + g_block], g_block),
+        np.int32(g_start),
+        np.int32(num_g),
+        k=k,
+        metric=metric,
+        exclude_same_camera=exclude,
+      )
+    rows = min(q_block, num_q - q_start)
+    out_d.append(np.asarray(best_d)[:rows])
+    out_i.append(np.asarray(best_i)[:rows])
+  d, i = np.concatenate(out_d), np.concatenate(out_i)
+  return d, np.where(np.isfinite(d), i, -1)
+
+
+def _pad(x: np.ndarray, rows: int) -> np.ndarray:
+  return (
+    np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)]) if len(x) < rows else x
+  )
+
+
+def search(config, workdir: str) -> dict:
+  """`search` mode: `ranking.csv` (every query's top k) and `matches.csv` (cross-camera pairs
+  under the threshold) in `config.search.output` (default `<workdir>/search`)."""
+  from reid_jax.footage.embed import load_embeddings
+
+  s = config.search
+  query = load_embeddings(s.query or os.path.join(workdir, "embeddings.npz"))
+  same = not s.gallery or os.path.abspath(s.gallery) == os.path.abspath(
+    s.query or os.path.join(workdir, "embeddings.npz")
+  )
+  gallery = query if same else load_embeddings(s.gallery)
+  if query["features"].shape[1] != gallery["features"].shape[1]:
+    raise ValueError(
+      f"config.search.gallery: features of {gallery['features'].shape[1]} dimensions, the "
+      f"queries' have {query['features'].shape[1]} (another model?)"
+    )
+  metric = config.eval.metric
+  threshold, threshold_source = _threshold(s, workdir, metric)
+  k = min(s.top_k, len(gallery["names"]))
+  distances, indices = top_k(
+    query["features"],
+    gallery["features"],
+    k,
+    metric=metric,
+    query_cameras=query["cameras"] if same else None,
+    gallery_cameras=gallery["cameras"] if same else None,
+  )
+  output = s.output or os.path.join(workdir, "search")
+  os.makedirs(output, exist_ok=True)
+  ranking = os.path.join(output, "ranking.csv")
+  matches = os.path.join(output, "matches.csv")
+  num_matches = 0
+  with open(ranking + ".tmp", "w", newline="") as r, open(matches + ".tmp", "w", newline="") as m:
+    ranking_csv, matches_csv = csv.writer(r), csv.writer(m)
+    ranking_csv.writerow(["query", "rank", "gallery", "camera", "distance", "decision"])
+    matches_csv.writerow(["query", "query_camera", "gallery", "gallery_camera", "distance"])
+    seen = set()
+    for q in range(len(query["names"])):
+      for rank, (d, g) in enumerate(zip(distances[q], indices[q]), start=1):
+        if g < 0:
+          break
+        decision = "" if threshold is None else ("match" if d <= threshold else "no match")
+        ranking_csv.writerow(
+          [
+            query["names"][q],
+            rank,
+            gallery["names"][g],
+            gallery["cameras"][g],
+            f"{d:.6g}",
+            decision,
+          ]
+        )
+        pair = (min(q, g), max(q, g)) if same else (q, g)
+        crossed = query["cameras"][q] != gallery["cameras"][g]
+        if decision == "match" and crossed and pair not in seen:
+          seen.add(pair)
+          num_matches += 1
+          matches_csv.writerow(
+            [
+              query["names"][q],
+              query["cameras"][q],
+              gallery["names"][g],
+              gallery["cameras"][g],
+              f"{d:.6g}",
+            ]
+          )
+  os.replace(ranking + ".tmp", ranking)
+  os.replace(matches + ".tmp", matches)
+  log.info(
+    "Ranked %d queries against %d gallery tracklets (%s): %s; %s",
+    len(query["names"]),
+    len(gallery["names"]),
+    metric,
+    ranking,
+    f"{num_matches} cross-camera matches under {threshold:.6g} ({threshold_source}) in {matches}"
+    if threshold is not None
+    else "no threshold (run calibrate mode, or set config.search.threshold): no matches listed",
+  )
+  return dict(ranking=ranking, matches=matches, num_matches=num_matches, threshold=threshold)
+
+
+def _threshold(s, workdir: str, metric: str) -> tuple[float | None, str]:
+  """`config.search.threshold` if set (>= 0), else calibrate mode's `threshold.json`."""
+  if s.threshold >= 0:
+    return float(s.threshold), "config.search.threshold"
+  path = os.path.join(workdir, "threshold.json")
+  if not os.path.isfile(path):
+    return None, ""
+  with open(path) as f:
+    calibration = json.load(f)
+  if calibration["metric"] != metric:
+    raise ValueError(
+      f"{path} is a threshold on {calibration['metric']} distances, but config.eval.metric is "
+      f"{metric!r}"
+    )
+  return float(calibration["threshold"]), path
