@@ -112,6 +112,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.search.top_k = 10
   c.search.threshold = -1.0  # a match is at most this far; < 0: <workdir>/threshold.json if any
   c.search.output = ""  # default <workdir>/search
+  c.search.num_sheets = 4  # ranked sheets (pictures) of the first queries
 
   # `calibrate` mode: the distance that separates same-person from different-person pairs.
   c.calibrate = ml_collections.ConfigDict()

@@ -401,3 +401,41 @@ def test_calibrate_then_search_on_the_trained_model(data_dir, trained, tmp_path)
     tiny_config(data_dir, mode="search", **{"search.query": embeddings}), str(workdir)
   )
   assert out["threshold"] == saved["threshold"]
+  # Sheets of the 2 tracks (query and its one candidate of another camera: none, one camera).
+  assert len(out["sheets"]) == 2 and all(os.path.getsize(p) for p in out["sheets"])
+
+
+def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path):
+  from reid_jax.footage import search as search_lib
+  from reid_jax.footage.sheets import middle_frame, tracks_for
+
+  rng = np.random.default_rng(3)
+  for cam in ("north", "south"):
+    for tracklet in ("p1", "p2"):
+      for frame in range(1, 6):
+        image = rng.integers(0, 256, (24, 12, 3), dtype=np.uint8)
+        _save(str(tmp_path / "footage" / cam / tracklet / f"{frame}.png"), image)
+  embeddings = embed_lib.embed(
+    tiny_config(
+      data_dir,
+      mode="embed",
+      **{"embed.input": str(tmp_path / "footage"), "embed.output": str(tmp_path / "e.npz")},
+    ),
+    str(trained),
+  )
+  out = search_lib.search(
+    tiny_config(
+      data_dir,
+      mode="search",
+      **{"search.query": embeddings, "search.top_k": 2, "search.threshold": 1e9},
+    ),
+    str(tmp_path),
+  )
+  assert len(out["sheets"]) == 4
+  with Image.open(out["sheets"][0]) as sheet:
+    assert sheet.width == 3 * (64 + 8) + 12  # the query and its 2 candidates
+    # The query's picture is its middle frame, resized into the first cell.
+    track = tracks_for(embed_lib.load_embeddings(embeddings)["meta"])["north/p1"]
+    expected = np.asarray(Image.fromarray(middle_frame(track)).resize((64, 128), Image.BILINEAR))
+    np.testing.assert_array_equal(np.asarray(sheet)[4:132, 4:68], expected)
+  assert out["num_matches"] == 4  # every cross-camera pair of the 4 tracklets, once each

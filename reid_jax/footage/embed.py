@@ -239,6 +239,8 @@ def embed(config, workdir: str) -> str:
     height=d.height,
     width=d.width,
     input=os.path.abspath(e.input),
+    tracks=os.path.abspath(e.tracks) if e.tracks else "",
+    skip_bad=bool(e.skip_bad),
   )
   if process_index == 0:
     write_embeddings(output, features, tracks, meta)

@@ -187,6 +187,7 @@ def search(config, workdir: str) -> dict:
           )
   os.replace(ranking + ".tmp", ranking)
   os.replace(matches + ".tmp", matches)
+  sheets = _sheets(output, query, gallery, distances, indices, threshold, s.num_sheets)
   log.info(
     "Ranked %d queries against %d gallery tracklets (%s): %s; %s",
     len(query["names"]),
@@ -197,7 +198,41 @@ def search(config, workdir: str) -> dict:
     if threshold is not None
     else "no threshold (run calibrate mode, or set config.search.threshold): no matches listed",
   )
-  return dict(ranking=ranking, matches=matches, num_matches=num_matches, threshold=threshold)
+  return dict(
+    ranking=ranking, matches=matches, num_matches=num_matches, threshold=threshold, sheets=sheets
+  )
+
+
+def _sheets(output, query, gallery, distances, indices, threshold, count) -> list[str]:
+  """Ranked sheets of the first `count` queries, pictures from the embedded footage."""
+  from reid_jax.footage import sheets as sheets_lib
+
+  if not count:
+    return []
+  try:
+    q_tracks, g_tracks = (
+      sheets_lib.tracks_for(query["meta"]),
+      sheets_lib.tracks_for(gallery["meta"]),
+    )
+  except (ValueError, OSError, KeyError) as e:
+    log.warning("No ranked sheets: the embedded footage cannot be read again (%s)", e)
+    return []
+  written = []
+  for q in range(min(count, len(query["names"]))):
+    name = str(query["names"][q])
+    results = []
+    for d, g in zip(distances[q], indices[q]):
+      if g < 0:
+        break
+      decision = "" if threshold is None else ("match" if d <= threshold else "no match")
+      g_name = str(gallery["names"][g])
+      image = sheets_lib.middle_frame(g_tracks[g_name])
+      results.append((g_name, str(gallery["cameras"][g]), float(d), decision, image))
+    path = os.path.join(output, f"sheet_{q:04d}.png")
+    query_picture = (name, str(query["cameras"][q]), sheets_lib.middle_frame(q_tracks[name]))
+    written.append(sheets_lib.write_sheet(path, query_picture, results))
+  log.info("Wrote %d ranked sheets to %s", len(written), output)
+  return written
 
 
 def _threshold(s, workdir: str, metric: str) -> tuple[float | None, str]:
