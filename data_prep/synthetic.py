@@ -397,9 +397,79 @@ def _write_split(out, folder, list_name, tracks, jpeg_quality) -> list[list[int]
   return rows
 
 
+def generate_footage(
+  out: str,
+  *,
+  videos: int = 2,
+  people: int = 4,
+  frames: int = 60,
+  height: int = 180,
+  width: int = 320,
+  seed: int = 0,
+) -> dict[str, int]:
+  """Writes short camera videos of people walking through, with their MOTChallenge track files.
+
+  `<out>/camera<k>.mp4` (H.264, 10 fps) shows every one of `people` new identities (not in the
+  synthetic dataset) crossing the scene once, entering and leaving over the frame's edges;
+  `<out>/camera<k>.txt` holds their boxes (`frame,id,left,top,width,height,1,-1,-1,-1`, track
+  ids differing between videos) and `<out>/identities.json` maps each `camera<k>:<id>` to its
+  person: the ground truth of which tracks are the same person.
+  """
+  import json
+
+  import av
+
+  if os.path.exists(os.path.join(out, "identities.json")):
+    raise FileExistsError(f"{out} already holds footage; choose another folder")
+  os.makedirs(out, exist_ok=True)
+  rng = np.random.default_rng([seed, 7919])
+  crop_h, crop_w = 128, 64
+  persons = [_person(rng, combo) for combo in _distinct_combos(rng, people)]
+  identities = {}
+  for v in range(videos):
+    stem = f"camera{v + 1}"
+    camera = _camera(rng, crop_h, crop_w)  # how this camera films a person
+    scene = _camera(rng, height, width).background * camera.gain + camera.offset
+    walks = []
+    for n, track in enumerate(rng.permutation(people) + 1):
+      length = int(rng.integers(frames // 3, frames // 2))
+      start = int(rng.integers(0, frames - length))
+      rightwards = bool(rng.random() < 0.5)
+      x0, x1 = (-crop_w // 2, width - crop_w // 2)[:: 1 if rightwards else -1]
+      top = int(rng.integers(0, height - crop_h + 1))
+      walks.append((int(track), persons[n], start, length, x0, x1, top, rng.uniform(0, 6.3)))
+      identities[f"{stem}:{track}"] = n
+    lines = []
+    with av.open(os.path.join(out, f"{stem}.mp4"), "w") as container:
+      stream = container.add_stream("libx264", rate=10)
+      stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+      for f in range(frames):
+        image = np.clip(scene + rng.normal(0, 3, scene.shape), 0, 255).astype(np.uint8)
+        for track, person, start, length, x0, x1, top, phase in walks:
+          if not start <= f < start + length:
+            continue
+          left = int(round(x0 + (x1 - x0) * (f - start) / max(length - 1, 1)))
+          body = _render(person, camera, rng, phase + 0.5 * (f - start), None, (0.0, 0.0, 1.0))
+          ys, xs = slice(top, top + crop_h), slice(max(left, 0), min(left + crop_w, width))
+          image[ys, xs] = body[:, xs.start - left : xs.stop - left]
+          lines.append(f"{f + 1},{track},{left},{top},{crop_w},{crop_h},1,-1,-1,-1")
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+          container.mux(packet)
+      for packet in stream.encode():
+        container.mux(packet)
+    with open(os.path.join(out, f"{stem}.txt"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+  with open(os.path.join(out, "identities.json"), "w") as f:
+    json.dump(identities, f, indent=1)
+  return dict(videos=videos, tracks=len(identities), frames=frames * videos)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True, help="folder to write the MARS-layout dataset to")
+  parser.add_argument("--out", help="folder to write the MARS-layout dataset to")
+  parser.add_argument(
+    "--footage", help="instead: a folder to write camera videos and their track files to"
+  )
   parser.add_argument("--identities", type=int, default=48, help="training identities")
   parser.add_argument(
     "--test_identities", type=int, default=None, help="test identities (default: --identities)"
@@ -415,7 +485,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--jpeg_quality", type=int, default=90)
   args = vars(parser.parse_args(argv))
-  counts = generate(args.pop("out"), **args)
+  footage, out = args.pop("footage"), args.pop("out")
+  if bool(footage) == bool(out):
+    parser.error("give one of --out (a dataset) and --footage (videos)")
+  if footage:
+    counts = generate_footage(footage, seed=args["seed"])
+  else:
+    counts = generate(out, **args)
   print(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 

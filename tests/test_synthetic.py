@@ -125,3 +125,25 @@ def test_refuses_to_overwrite(generated):
   out, _ = generated
   with pytest.raises(FileExistsError):
     synthetic.generate(out, **SMALL)
+
+
+def test_footage_videos_with_their_track_files_and_ground_truth(tmp_path):
+  import json
+
+  from reid_jax.footage.sources import discover, video_size
+
+  counts = synthetic.generate_footage(str(tmp_path), videos=2, people=3, frames=24, seed=1)
+  assert counts == dict(videos=2, tracks=6, frames=48)
+  tracks, skipped = discover(str(tmp_path))
+  with open(tmp_path / "identities.json") as f:
+    identities = json.load(f)
+  assert sorted(t.name for t in tracks) == sorted(identities)
+  assert sorted(identities.values()) == [0, 0, 1, 1, 2, 2]  # everyone in both cameras
+  assert video_size(str(tmp_path / "camera1.mp4")) == (320, 180)
+  for t in tracks:  # one walk across: boxes move monotonically, some over the edge
+    lefts = t.boxes[:, 0]
+    assert (np.diff(lefts) > 0).all() or (np.diff(lefts) < 0).all()
+    assert np.diff(t.frame_numbers).max() == 1
+  assert any((t.boxes[:, 0] < 0).any() or (t.boxes[:, 0] + 64 > 320).any() for t in tracks)
+  with pytest.raises(FileExistsError):
+    synthetic.generate_footage(str(tmp_path))
