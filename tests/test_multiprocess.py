@@ -1,5 +1,6 @@
 """Two local processes x 2 CPU devices train exactly like one process x 4 devices; their
-checkpoint evaluates alike in 1 process and in 2 processes started through an emulated srun."""
+checkpoint evaluates alike in 1 process and in 2 processes started through an emulated srun, and
+embeds a user's footage alike in 2 processes and in 1."""
 
 import json
 import os
@@ -157,3 +158,43 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   assert evaluated["step"] == 4
   np.testing.assert_allclose(evaluated["mAP"], written["eval/mAP"], rtol=1e-5)
   np.testing.assert_allclose(evaluated["rank1"], written["eval/rank1"], rtol=1e-5)
+
+  # `embed` over 2 processes: 3 tracklet folders shared out unevenly (process 0 gets a and c,
+  # 13 chunks of 4 frames, 2 batches of 8; process 1 gets b, 1 chunk), so process 1 runs a
+  # padding batch; every tracklet's feature equals the 1-process run's.
+  from PIL import Image
+
+  from reid_jax.footage import embed as embed_lib
+
+  rng = np.random.default_rng(0)
+  for tracklet, length in (("a", 9), ("b", 3), ("c", 40)):
+    folder = tmp_path / "footage" / tracklet
+    folder.mkdir(parents=True)
+    for frame in range(length):
+      image = rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)
+      Image.fromarray(image).save(folder / f"{frame}.png")
+  flags = {"embed.input": str(tmp_path / "footage"), "embed.output": str(tmp_path / "two.npz")}
+  env = subprocess_env(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2")
+  result = subprocess.run(
+    [
+      "./launch.sh",
+      "local",
+      "2",
+      "--config=configs/synthetic.py",
+      f"--workdir={two}",
+      *tiny_flags(data_dir, mode="embed", **SHORT, **flags),
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stdout + result.stderr
+  flags["embed.output"] = str(tmp_path / "one.npz")
+  one_process = embed_lib.embed(tiny_config(data_dir, mode="embed", **SHORT, **flags), str(two))
+  two_processes = embed_lib.load_embeddings(str(tmp_path / "two.npz"))
+  one_process = embed_lib.load_embeddings(one_process)
+  assert two_processes["names"].tolist() == ["a", "b", "c"]
+  np.testing.assert_array_equal(two_processes["num_frames"], [9, 3, 40])
+  np.testing.assert_allclose(two_processes["features"], one_process["features"], atol=1e-5)
