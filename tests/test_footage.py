@@ -297,7 +297,7 @@ def test_top_k_in_blocks_equals_a_brute_force_ranking(metric):
   dist = np.array(pairwise_distances(features, features, metric))
   dist[cameras[:, None] == cameras[None, :]] = np.inf  # the same file: no same-camera pairs
   expected = np.argsort(dist, axis=1, kind="stable")[:, :5]
-  # 16 bytes x 8 x 8: 8 x 8 blocks, so 5 gallery blocks per query block.
+  # A tiny budget: gallery blocks of k = 5 rows, 7 of them in one scan and a padded tail of 2.
   d, i = top_k(
     features,
     features,

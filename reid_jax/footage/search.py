@@ -25,10 +25,16 @@ log = logging.getLogger("reid_jax")
 
 # Bytes per query x gallery element of a block: distances, the mask and top_k's temporaries.
 _BYTES_PER_ELEMENT = 16
+# Elements per block: beyond a few million, the passes after the matmul (mask, top_k) leave the
+# caches. On the 2-core CPU, 1,000 queries x 100,000 gallery rank in about 1.4x the bare
+# matmul's time with 1,000 x 3,000 blocks, 2.3x with 1,000 x 16,000 (bench/search.py).
+_MAX_BLOCK_ELEMENTS = 3000000
 
 
-@functools.partial(jax.jit, static_argnames=("k", "metric", "exclude_same_camera"))
-def _merge_block(
+@functools.partial(
+  jax.jit, static_argnames=("k", "metric", "exclude_same_camera", "block", "num_blocks", "padded")
+)
+def _scan_gallery(
   best_d,
   best_i,
   queries,
@@ -41,24 +47,44 @@ def _merge_block(
   k,
   metric,
   exclude_same_camera,
+  block,
+  num_blocks,
+  padded,
 ):
-  dist = pairwise_distances(queries, gallery, metric)
-  index = offset + jnp.arange(gallery.shape[0], dtype=jnp.int32)
-  excluded = index[None, :] >= num_gallery  # padding
-  if exclude_same_camera:
-    excluded |= q_cams[:, None] == g_cams[None, :]
-  dist = jnp.where(excluded, jnp.inf, dist)
-  d = jnp.concatenate([best_d, dist], axis=1)
-  i = jnp.concatenate([best_i, jnp.broadcast_to(index, dist.shape)], axis=1)
-  # top_k of -d: the k smallest distances; ties keep the lower position, i.e. gallery order.
-  neg, pos = jax.lax.top_k(-d, k)
-  return -neg, jnp.take_along_axis(i, pos, axis=1)
+  """Merges the k best of each of the first `num_blocks` blocks of `gallery` (its rows are
+  gallery rows `offset`, ...) into the running `best_d`, `best_i` ([b, k]), in one program."""
+
+  def merge(carry, b):
+    best_d, best_i = carry
+    start = b * block
+    dist = pairwise_distances(queries, jax.lax.dynamic_slice_in_dim(gallery, start, block), metric)
+    if padded:  # rows past the gallery's end
+      dist = jnp.where(offset + start + jnp.arange(block) >= num_gallery, jnp.inf, dist)
+    if exclude_same_camera:
+      cams = jax.lax.dynamic_slice_in_dim(g_cams, start, block)
+      dist = jnp.where(q_cams[:, None] == cams[None, :], jnp.inf, dist)
+    neg, pos = jax.lax.top_k(-dist, k)
+    # The running best come first: on equal distances top_k keeps them, i.e. gallery order.
+    d = jnp.concatenate([best_d, -neg], axis=1)
+    i = jnp.concatenate([best_i, offset + start + pos.astype(jnp.int32)], axis=1)
+    neg, pos = jax.lax.top_k(-d, k)
+    return (-neg, jnp.take_along_axis(i, pos, axis=1)), None
+
+  (best_d, best_i), _ = jax.lax.scan(merge, (best_d, best_i), jnp.arange(num_blocks))
+  return best_d, best_i
 
 
 def _camera_codes(query_cameras, gallery_cameras):
   names = {c: n for n, c in enumerate(sorted(set(query_cameras) | set(gallery_cameras)))}
   code = lambda cams: np.array([names[c] for c in cams], np.int32)
   return code(query_cameras), code(gallery_cameras)
+
+
+def block_shape(num_queries: int, num_gallery: int, k: int, block_bytes: int = BLOCK_BYTES):
+  """(query rows, gallery rows) of one block: within the budget and the caches."""
+  q_block = min(num_queries, 1024)
+  budget = min(block_bytes // _BYTES_PER_ELEMENT, _MAX_BLOCK_ELEMENTS)
+  return q_block, max(k, min(num_gallery, budget // q_block))
 
 
 def top_k(
@@ -82,33 +108,45 @@ def top_k(
     if exclude
     else (np.zeros(num_q, np.int32), np.zeros(num_g, np.int32))
   )
-  # Square-ish blocks within the budget; fixed shapes, so one compile.
-  side = max(8, int(np.sqrt(block_bytes / _BYTES_PER_ELEMENT)))
-  q_block, g_block = min(side, num_q), max(min(side, num_g), k)
-  gallery = np.asarray(gallery, np.float32)
+  # Fixed block shapes (two compiles: the gallery's whole blocks in one scan, then its padded
+  # tail).
+  q_block, g_block = block_shape(num_q, num_g, k, block_bytes)
+  whole = num_g // g_block * g_block
+  # Scanned in place: a device array (the mode's) is not copied, a host one is copied once.
+  gallery = jnp.asarray(gallery, jnp.float32)
+  g_cams_device = jnp.asarray(g_cams)
+  parts = []
+  if whole:
+    parts.append((gallery, g_cams_device, 0, whole // g_block, False))
+  if whole < num_g:
+    tail = _pad(np.asarray(gallery[whole:]), g_block), _pad(g_cams[whole:], g_block)
+    parts.append((*tail, whole, 1, True))
   out_d, out_i = [], []
   for q_start in range(0, num_q, q_block):
     queries = _pad(np.asarray(query[q_start : q_start + q_block], np.float32), q_block)
     cams = _pad(q_cams[q_start : q_start + q_block], q_block)
     best_d = jnp.full((q_block, k), jnp.inf, jnp.float32)
     best_i = jnp.full((q_block, k), -1, jnp.int32)
-    for g_start in range(0, num_g, g_block):
-      best_d, best_i = _merge_block(
+    for rows, row_cams, offset, num_blocks, padded in parts:
+      best_d, best_i = _scan_gallery(
         best_d,
         best_i,
         queries,
         cams,
-        _pad(gallery[g_start : g_start + g_block], g_block),
-        _pad(g_cams[g_start : g_start + g_block], g_block),
-        np.int32(g_start),
+        rows,
+        row_cams,
+        np.int32(offset),
         np.int32(num_g),
         k=k,
         metric=metric,
         exclude_same_camera=exclude,
+        block=g_block,
+        num_blocks=num_blocks,
+        padded=padded,
       )
-    rows = min(q_block, num_q - q_start)
-    out_d.append(np.asarray(best_d)[:rows])
-    out_i.append(np.asarray(best_i)[:rows])
+    real = min(q_block, num_q - q_start)
+    out_d.append(np.asarray(best_d)[:real])
+    out_i.append(np.asarray(best_i)[:real])
   d, i = np.concatenate(out_d), np.concatenate(out_i)
   return d, np.where(np.isfinite(d), i, -1)
 
