@@ -89,9 +89,9 @@ def compile_step(config, devices) -> dict:
   d = config.data
   batch = {
     "clips": jax.ShapeDtypeStruct(
-      (d.batch_size, d.num_frames, d.height, d.width, 3), np.uint8, sharding=setup.batch_sharding
+      ((d.P * d.K), d.num_frames, d.height, d.width, 3), np.uint8, sharding=setup.batch_sharding
     ),
-    "labels": jax.ShapeDtypeStruct((d.batch_size,), np.int32, sharding=setup.batch_sharding),
+    "labels": jax.ShapeDtypeStruct(((d.P * d.K),), np.int32, sharding=setup.batch_sharding),
   }
   start = time.perf_counter()
   compiled = train.make_train_step(setup, config).lower(setup.state, batch).compile()
@@ -128,12 +128,12 @@ def main(argv=None):
   remats = {"both": (False, True), "on": (True,), "off": (False,)}[args.remat_modes]
   config = step_bench.load_config(args)
   d = config.data
-  if d.batch_size % len(devices):
-    raise SystemExit(f"--batch {d.batch_size} does not divide over {len(devices)} devices")
+  if (d.P * d.K) % len(devices):
+    raise SystemExit(f"--batch {(d.P * d.K)} does not divide over {len(devices)} devices")
   print(
     f"JAX {jax.__version__}, target {args.target}: {len(devices)} x "
-    f"{devices[0].device_kind}, {config.model.name}, global batch {d.batch_size} x "
-    f"{d.num_frames}x{d.height}x{d.width} ({d.batch_size // len(devices)} clips per "
+    f"{devices[0].device_kind}, {config.model.name}, global batch {(d.P * d.K)} x "
+    f"{d.num_frames}x{d.height}x{d.width} ({(d.P * d.K) // len(devices)} clips per "
     f"device), attention {config.model.attention_impl}"
   )
   header = (
