@@ -219,6 +219,27 @@ def checked_normalization(config, meta: dict, directory) -> str:
 
 def restore_for_eval(config, workdir):
   data_dir, setup = setup_for(config, workdir, init_weights=False)
+  return (data_dir, *_restore(config, workdir, setup))
+
+
+def restore_model(config, workdir):
+  """`(setup, step)` of the run's checkpoint for the modes that need no dataset (embed,
+  search's inputs): the head's size comes from the checkpoint's metadata; checkpoints that do not
+  record it are restored as `eval` restores them, with the dataset."""
+  meta = checkpoint_lib.latest_meta(os.path.join(workdir, "checkpoints"))
+  if meta is None or "num_classes" not in meta:
+    return restore_for_eval(config, workdir)[1:]
+  setup = build_state(
+    config,
+    num_classes=int(meta["num_classes"]),
+    steps_per_epoch=1,
+    mesh=make_mesh(),
+    init_weights=False,
+  )
+  return _restore(config, workdir, setup)
+
+
+def _restore(config, workdir, setup):
   ckpt = checkpoint_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), save_every_steps=1, handle_sigterm=False
   )
@@ -230,4 +251,4 @@ def restore_for_eval(config, workdir):
     setup.normalization = checked_normalization(config, meta, ckpt.directory)
   finally:
     ckpt.close()
-  return data_dir, setup, int(meta["step"])
+  return setup, int(meta["step"])

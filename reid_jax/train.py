@@ -237,6 +237,7 @@ def _meta(setup: state_lib.Setup, config, step: int, epoch: int) -> dict:
     "epoch": epoch,
     "normalization": setup.normalization,
     "dataset": config.dataset.name,
+    "num_classes": setup.num_classes,  # the head's size: restoring needs no dataset
     "seed": config.seed,
     # The input pipeline is a pure function of (seed, step): the step is its position.
     "input_position": step,

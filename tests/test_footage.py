@@ -439,3 +439,22 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
     expected = np.asarray(Image.fromarray(middle_frame(track)).resize((64, 128), Image.BILINEAR))
     np.testing.assert_array_equal(np.asarray(sheet)[4:132, 4:68], expected)
   assert out["num_matches"] == 4  # every cross-camera pair of the 4 tracklets, once each
+
+
+def test_embed_needs_only_the_checkpoint(data_dir, trained, tmp_path):
+  """The head's size comes from the checkpoint: no dataset is built, generated or read."""
+  videos, _ = _scene(tmp_path)
+  workdir = tmp_path / "copied_run"
+  workdir.mkdir()
+  os.symlink(os.path.join(str(trained), "checkpoints"), workdir / "checkpoints")
+  config = tiny_config(
+    tmp_path / "no_data",
+    mode="embed",
+    **{"embed.input": str(videos), "dataset.synthetic.identities": 0},
+  )
+  embedded = embed_lib.load_embeddings(embed_lib.embed(config, str(workdir)))
+  assert embedded["names"].tolist() == ["gate:1", "gate:4"]
+  assert not (tmp_path / "no_data").exists() and sorted(os.listdir(workdir)) == [
+    "checkpoints",
+    "embeddings.npz",
+  ]

@@ -195,7 +195,7 @@ def embed(config, workdir: str) -> str:
   e = config.embed
   tracks, skipped = discover(e.input, tracks=e.tracks, min_length=e.min_length, skip_bad=e.skip_bad)
   skipped.log()
-  _, setup, step = state_lib.restore_for_eval(config, workdir)
+  setup, step = state_lib.restore_model(config, workdir)
   d = config.data
   process_index, process_count = jax.process_index(), jax.process_count()
   batch = d.eval_batch_size // process_count
