@@ -41,7 +41,6 @@ def main() -> None:
 
   from data_prep import synthetic
   from reid_jax import state as state_lib
-  from reid_jax.evaluation.extraction import extract_features
   from reid_jax.footage import embed as embed_lib
   from reid_jax.footage.sources import crop, discover
 
@@ -93,28 +92,9 @@ def main() -> None:
 
   groups = embed_lib.local_sources(tracks, 0, 1)
   num_batches = -(-sum(embed_lib.num_chunks(g, d.num_frames) for g in groups) // batch)
-  progress = type("Quiet", (), {"update": lambda self, n: None})()
-
-  def embed_all():
-    return extract_features(
-      lambda c: feature_fn(
-        setup.state, jax.make_array_from_process_local_data(setup.batch_sharding, c)
-      ),
-      embed_lib.chunk_batches(
-        groups,
-        T=d.num_frames,
-        height=d.height,
-        width=d.width,
-        batch=batch,
-        num_batches=num_batches,
-        progress=progress,
-      ),
-      len(tracks),
-    )
-
-  embed_all()  # compiles the accumulation
+  embed_lib.embed_tracks(setup, tracks, d, feature_fn=feature_fn)  # compiles the accumulation
   start = time.perf_counter()
-  embed_all()
+  embed_lib.embed_tracks(setup, tracks, d, feature_fn=feature_fn)
   embed_s = time.perf_counter() - start
 
   network_fps = batch * d.num_frames / network_s

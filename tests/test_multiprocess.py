@@ -77,6 +77,18 @@ def run_in_own_session(args, env, timeout) -> subprocess.CompletedProcess:
   return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def launch_two_local_processes(workdir, flags) -> subprocess.CompletedProcess:
+  """`launch.sh local 2` (2 CPU devices each) with the synthetic config and `flags`."""
+  return subprocess.run(
+    ["./launch.sh", "local", "2", "--config=configs/synthetic.py", f"--workdir={workdir}", *flags],
+    cwd=REPO,
+    env=subprocess_env(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
 def train_losses(workdir) -> dict[int, float]:
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   return {d["step"]: d["train/loss"] for d in lines if "train/loss" in d}
@@ -89,22 +101,7 @@ def final_eval(workdir) -> dict:
 
 def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_path):
   two = tmp_path / "two_processes"
-  env = subprocess_env(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2")
-  result = subprocess.run(
-    [
-      "./launch.sh",
-      "local",
-      "2",
-      "--config=configs/synthetic.py",
-      f"--workdir={two}",
-      *tiny_flags(data_dir, **SHORT),
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = launch_two_local_processes(two, tiny_flags(data_dir, **SHORT))
   other = (two / "process_1.log").read_text() if (two / "process_1.log").exists() else ""
   assert result.returncode == 0, result.stdout + result.stderr + other
   assert "4 devices (cpu) over 2 processes" in result.stderr, result.stderr
@@ -174,22 +171,7 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
       image = rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)
       Image.fromarray(image).save(folder / f"{frame}.png")
   flags = {"embed.input": str(tmp_path / "footage"), "embed.output": str(tmp_path / "two.npz")}
-  env = subprocess_env(PORT=str(free_port()), CPU_DEVICES_PER_PROCESS="2")
-  result = subprocess.run(
-    [
-      "./launch.sh",
-      "local",
-      "2",
-      "--config=configs/synthetic.py",
-      f"--workdir={two}",
-      *tiny_flags(data_dir, mode="embed", **SHORT, **flags),
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = launch_two_local_processes(two, tiny_flags(data_dir, mode="embed", **SHORT, **flags))
   assert result.returncode == 0, result.stdout + result.stderr
   flags["embed.output"] = str(tmp_path / "one.npz")
   one_process = embed_lib.embed(tiny_config(data_dir, mode="embed", **SHORT, **flags), str(two))

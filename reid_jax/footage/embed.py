@@ -181,37 +181,27 @@ def load_embeddings(path: str) -> dict:
   return out
 
 
-def embed(config, workdir: str) -> str:
-  """`embed` mode: restores the checkpoint as `eval` does and writes `config.embed.output`
-  (default `<workdir>/embeddings.npz`). The input is read and checked before the restore."""
+def embed_tracks(
+  setup, tracks: Sequence[Track], data_config, *, feature_fn=None, show_progress=False
+) -> np.ndarray:
+  """`[N, D]` features of `tracks` (the same on every process) by the model of `setup`, with
+  the clip shape and batch of `data_config` (`config.data`); `feature_fn` defaults to
+  `state.make_feature_fn(setup)`."""
   from tqdm import tqdm
 
-  from reid_jax import config as config_lib
   from reid_jax import state as state_lib
   from reid_jax.evaluation.extraction import extract_features
-  from reid_jax.footage.sources import discover
 
-  config_lib.validate(config, num_devices=jax.device_count())
-  e = config.embed
-  tracks, skipped = discover(e.input, tracks=e.tracks, min_length=e.min_length, skip_bad=e.skip_bad)
-  skipped.log()
-  setup, step = state_lib.restore_model(config, workdir)
-  d = config.data
+  d = data_config
   process_index, process_count = jax.process_index(), jax.process_count()
   batch = d.eval_batch_size // process_count
   groups = local_sources(tracks, process_index, process_count)
   num_batches = global_num_batches(-(-sum(num_chunks(g, d.num_frames) for g in groups) // batch))
-  log.info(
-    "Embedding %d tracklets (%d frames) from %s",
-    len(tracks),
-    sum(t.num_frames for t in tracks),
-    e.input,
-  )
-  feature_fn = state_lib.make_feature_fn(setup)
+  feature_fn = feature_fn or state_lib.make_feature_fn(setup)
   with tqdm(
     total=sum(t.num_frames for g in groups for _, t in g),
     unit="frame",
-    disable=process_index != 0,
+    disable=not show_progress or process_index != 0,
     mininterval=2.0,
   ) as progress:
     batches = chunk_batches(
@@ -223,13 +213,35 @@ def embed(config, workdir: str) -> str:
       num_batches=num_batches,
       progress=progress,
     )
-    features = extract_features(
+    return extract_features(
       lambda clips: feature_fn(
         setup.state, jax.make_array_from_process_local_data(setup.batch_sharding, clips)
       ),
       batches,
       len(tracks),
     )
+
+
+def embed(config, workdir: str) -> str:
+  """`embed` mode: restores the checkpoint as `eval` does and writes `config.embed.output`
+  (default `<workdir>/embeddings.npz`). The input is read and checked before the restore."""
+  from reid_jax import config as config_lib
+  from reid_jax import state as state_lib
+  from reid_jax.footage.sources import discover
+
+  config_lib.validate(config, num_devices=jax.device_count())
+  e = config.embed
+  tracks, skipped = discover(e.input, tracks=e.tracks, min_length=e.min_length, skip_bad=e.skip_bad)
+  skipped.log()
+  setup, step = state_lib.restore_model(config, workdir)
+  d = config.data
+  log.info(
+    "Embedding %d tracklets (%d frames) from %s",
+    len(tracks),
+    sum(t.num_frames for t in tracks),
+    e.input,
+  )
+  features = embed_tracks(setup, tracks, d, show_progress=True)
   output = e.output or os.path.join(workdir, "embeddings.npz")
   meta = dict(
     step=step,
@@ -242,7 +254,7 @@ def embed(config, workdir: str) -> str:
     tracks=os.path.abspath(e.tracks) if e.tracks else "",
     skip_bad=bool(e.skip_bad),
   )
-  if process_index == 0:
+  if jax.process_index() == 0:
     write_embeddings(output, features, tracks, meta)
     log.info("Wrote %s: features %s", output, features.shape)
   return output
