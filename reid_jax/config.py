@@ -17,7 +17,7 @@ from reid_jax.distances import METRICS
 from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
 from reid_jax.models.nonlocal_block import ATTENTION_IMPLS
 
-MODES = ("train", "eval", "extract", "embed", "search", "calibrate")
+MODES = ("train", "eval", "extract", "embed", "search", "calibrate", "export")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -117,6 +117,10 @@ def default_config() -> ml_collections.ConfigDict:
   # `calibrate` mode: the distance that separates same-person from different-person pairs.
   c.calibrate = ml_collections.ConfigDict()
   c.calibrate.false_match_rate = 0.01  # the threshold's share of different-person pairs under it
+
+  # `export` mode: the feature function for serving (reid_jax/export.py).
+  c.export = ml_collections.ConfigDict()
+  c.export.platforms = "cpu"  # comma-separated: cpu, cuda, tpu
 
   # Initial weights: at most one source. Each implies the input normalisation the model is
   # trained with (recorded in its checkpoints; see reid_jax/data/normalize.py).

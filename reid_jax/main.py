@@ -125,6 +125,10 @@ def main(argv):
     from reid_jax.footage import search
 
     search.search(config, workdir)
+  elif config.mode == "export":
+    from reid_jax import export
+
+    export.export(config, workdir)
   elif config.mode == "calibrate":
     from reid_jax.footage import calibrate
 

@@ -1,0 +1,117 @@
+"""`export` mode: the jax.export and SavedModel forms against the jitted model, serving.json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from reid_jax import export as export_lib
+from reid_jax import state as state_lib
+from reid_jax import train
+
+from tiny_training import tiny_config
+
+T, H, W = 4, 32, 16  # the tiny config's clips
+
+
+@pytest.fixture(scope="module")
+def exported(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("export_run")
+  config = tiny_config(data_dir, **{"optim.total_epochs": 1, "optim.decay_start_epoch": 0})
+  train.train_and_evaluate(config, str(workdir))
+  (workdir / "threshold.json").write_text('{"metric": "euclidean", "threshold": 1.5}')
+  folder = export_lib.export(tiny_config(data_dir, mode="export"), str(workdir))
+  return workdir, folder
+
+
+def _clips(batch, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (batch, T, H, W, 3), dtype=np.uint8)
+
+
+def _jitted_features(data_dir, workdir, clips):
+  """The model as evaluation runs it (make_feature_fn over the device mesh)."""
+  setup, _ = state_lib.restore_model(tiny_config(data_dir, mode="eval"), str(workdir))
+  feature_fn = state_lib.make_feature_fn(setup)
+  batch = -(-len(clips) // jax.device_count()) * jax.device_count()
+  padded = np.concatenate([clips, np.zeros((batch - len(clips), *clips.shape[1:]), np.uint8)])
+  out = feature_fn(
+    setup.state, jax.make_array_from_process_local_data(setup.batch_sharding, padded)
+  )
+  return np.asarray(out)[: len(clips)]
+
+
+def test_the_folder_and_serving_json(exported):
+  workdir, folder = exported
+  assert folder == os.path.join(str(workdir), "export", "step_2")
+  assert sorted(os.listdir(folder)) == ["features.jax_export", "saved_model", "serving.json"]
+  with open(os.path.join(folder, "serving.json")) as f:
+    info = json.load(f)
+  assert info["input"]["shape"] == ["batch", T, H, W, 3] and info["input"]["dtype"] == "uint8"
+  assert info["input"]["channels"] == "RGB" and info["frames_per_clip"] == T
+  assert info["output"] == {"name": "features", "shape": ["batch", 16], "dtype": "float32"}
+  assert info["metric"] == "euclidean" and info["threshold"]["threshold"] == 1.5
+  assert "imagenet" in info["input"]["values"]
+  assert not [n for n in os.listdir(os.path.join(str(workdir), "export")) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_jax_export_equals_the_jitted_model(data_dir, exported, batch):
+  workdir, folder = exported
+  clips = _clips(batch, seed=batch)
+  got = export_lib.load_exported(folder)(clips)
+  np.testing.assert_allclose(got, _jitted_features(data_dir, workdir, clips), rtol=1e-5, atol=1e-6)
+
+
+_TF_ONLY = """
+import sys
+import numpy as np
+import tensorflow as tf
+assert not [m for m in sys.modules if m.startswith(("reid_jax", "flax"))]
+model = tf.saved_model.load(sys.argv[1])
+serve = model.signatures["serving_default"]
+clips = np.load(sys.argv[2])
+np.save(sys.argv[3], serve(clips=tf.constant(clips))["features"].numpy())
+assert not [m for m in sys.modules if m.startswith(("reid_jax", "flax"))]
+"""
+
+
+def test_saved_model_in_a_tensorflow_only_process_equals_the_jitted_model(
+  data_dir, exported, tmp_path
+):
+  workdir, folder = exported
+  clips = _clips(5, seed=11)
+  np.save(tmp_path / "clips.npy", clips)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      _TF_ONLY,
+      os.path.join(folder, "saved_model"),
+      str(tmp_path / "clips.npy"),
+      str(tmp_path / "features.npy"),
+    ],
+    cwd=str(tmp_path),
+    capture_output=True,
+    text=True,
+    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_allclose(
+    np.load(tmp_path / "features.npy"),
+    _jitted_features(data_dir, workdir, clips),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+
+
+def test_exporting_a_step_twice_is_refused_and_platforms_are_checked(data_dir, exported):
+  workdir, _ = exported
+  with pytest.raises(FileExistsError, match="step_2 exists"):
+    export_lib.export(tiny_config(data_dir, mode="export"), str(workdir))
+  config = tiny_config(data_dir, mode="export", **{"export.platforms": "cpu,metal"})
+  with pytest.raises(ValueError, match="config.export.platforms"):
+    export_lib.export(config, str(workdir))
