@@ -115,3 +115,18 @@ def test_exporting_a_step_twice_is_refused_and_platforms_are_checked(data_dir, e
   config = tiny_config(data_dir, mode="export", **{"export.platforms": "cpu,metal"})
   with pytest.raises(ValueError, match="config.export.platforms"):
     export_lib.export(config, str(workdir))
+
+
+def test_one_serialization_for_cpu_cuda_and_tpu(data_dir, exported):
+  """Lowered for the three platforms on this CPU-only machine; the CPU lowering runs here."""
+  workdir, folder = exported
+  setup, _ = state_lib.restore_model(tiny_config(data_dir, mode="eval"), str(workdir))
+  data = export_lib.export_jax(
+    export_lib.feature_function(setup), (T, H, W, 3), ("cpu", "cuda", "tpu")
+  )
+  restored = jax.export.deserialize(bytearray(data))
+  assert restored.platforms == ("cpu", "cuda", "tpu")
+  clips = _clips(2, seed=5)
+  np.testing.assert_allclose(
+    np.asarray(restored.call(clips)), export_lib.load_exported(folder)(clips), rtol=1e-6
+  )
