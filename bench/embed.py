@@ -15,7 +15,6 @@ with random weights (throughput does not depend on them) and times, one after th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -38,17 +37,14 @@ def main() -> None:
   import av
   import jax
   import numpy as np
+  import random_model  # the sibling module (bench/ is no package)
 
   from data_prep import synthetic
   from reid_jax import state as state_lib
   from reid_jax.footage import embed as embed_lib
   from reid_jax.footage.sources import crop, discover
 
-  spec = importlib.util.spec_from_file_location("bench_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.init.kinetics_i3d = config.init.torchvision_resnet50 = config.init.checkpoint = ""
+  config, setup = random_model.build(args.config)
   if args.eval_batch_size:
     config.data.eval_batch_size = args.eval_batch_size
   d = config.data
@@ -78,9 +74,6 @@ def main() -> None:
       embed_lib._resize(crop(images[frame - 1], box, "bench"), d.height, d.width)
   crop_s = time.perf_counter() - start
 
-  setup = state_lib.build_state(
-    config, num_classes=100, steps_per_epoch=1, mesh=state_lib.make_mesh()
-  )
   feature_fn = state_lib.make_feature_fn(setup)
   batch = d.eval_batch_size
   clips = np.random.default_rng(0).integers(0, 256, (batch, d.num_frames, d.height, d.width, 3))

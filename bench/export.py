@@ -12,7 +12,6 @@ in one run, after a warm-up each, a batch of uint8 clips through: the jitted fea
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -45,21 +44,14 @@ def main() -> None:
 
   import jax
   import numpy as np
+  import random_model  # the sibling module (bench/ is no package)
   import tensorflow as tf
 
   from reid_jax import export as export_lib
-  from reid_jax import state as state_lib
 
-  spec = importlib.util.spec_from_file_location("bench_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.init.kinetics_i3d = config.init.torchvision_resnet50 = config.init.checkpoint = ""
+  config, setup = random_model.build(args.config)
   d = config.data
   clip_shape = (d.num_frames, d.height, d.width, 3)
-  setup = state_lib.build_state(
-    config, num_classes=100, steps_per_epoch=1, mesh=state_lib.make_mesh()
-  )
   fn = export_lib.feature_function(setup)
 
   folder = tempfile.mkdtemp(prefix="reid_jax_export_bench_")
