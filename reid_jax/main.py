@@ -11,6 +11,7 @@ of your own footage, `--config.embed.input=PATH`, to `<workdir>/embeddings.npz`)
 `--distributed` where JAX finds them itself: SLURM, Cloud TPU).
 """
 
+import contextlib
 import logging as std_logging
 import os
 import sys
@@ -98,8 +99,7 @@ def main(argv):
   _import_tensorflow_quietly()
   # These import TensorFlow and the JAX models: after initialisation.
   from reid_jax import config as config_lib
-  from reid_jax import train
-  from reid_jax.evaluation import runner
+  from reid_jax import workdir_lock
 
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir
@@ -111,6 +111,21 @@ def main(argv):
     jax.devices()[0].platform,
     jax.process_count(),
   )
+  if config.mode not in config_lib.MODES:
+    raise app.UsageError(f"config.mode {config.mode!r} is not one of {config_lib.MODES}")
+  # One run per workdir: process 0 holds the lock until it ends, however it ends.
+  lock = workdir_lock.WorkdirLock(workdir, config.mode) if jax.process_index() == 0 else None
+  try:
+    with lock or contextlib.nullcontext():
+      _run_mode(config, workdir)
+  except workdir_lock.WorkdirLocked as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+def _run_mode(config, workdir: str) -> None:
+  from reid_jax import train
+  from reid_jax.evaluation import runner
+
   if config.mode == "train":
     train.train_and_evaluate(config, workdir)
   elif config.mode == "eval":
@@ -133,8 +148,6 @@ def main(argv):
     from reid_jax.footage import calibrate
 
     calibrate.calibrate(config, workdir)
-  else:
-    raise app.UsageError(f"config.mode {config.mode!r} is not one of {config_lib.MODES}")
 
 
 if __name__ == "__main__":
