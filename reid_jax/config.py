@@ -325,6 +325,19 @@ def validate(config, *, num_devices: int) -> None:
     f"must be 0 or 1, got {config.model.stem_pool_padding}",
   )
   arch = Architecture(**{**VARIANTS[config.model.name], **model_overrides(config)})
+  depths = tuple(arch.stage_depths)
+  _check(
+    len(depths) == 4 and all(isinstance(n, int) and n >= 1 for n in depths),
+    "model.stage_depths",
+    f"the network has 4 stages (res2..res5) of at least one block each, got {depths}",
+  )
+  for stage in arch.nonlocal_stages:
+    _check(
+      0 <= stage < len(depths) and depths[stage] >= 2,
+      "model.nonlocal_stages",
+      f"stage {stage} cannot hold non-local blocks (they follow blocks 1, 3, ... of a stage): "
+      f"stage_depths is {depths}",
+    )
   if arch.nonlocal_pool:
     sizes = arch.feature_map_sizes(d.height, d.width)
     for stage in arch.nonlocal_stages:

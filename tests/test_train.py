@@ -333,3 +333,21 @@ def test_the_run_log_holds_the_runs_own_lines(tmp_path):
   run_line = re.compile(r"^\d\d:\d\d:\d\d |^(split|train|query|gallery) |^mars, protocol mars$")
   assert [line for line in lines if not run_line.match(line)] == []
   assert any("protocol mars: rank-1" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    ({"stage_depths": (3,)}, r"config.model.stage_depths: the network has 4 stages .* got \(3,\)"),
+    ({"stage_depths": (1, 2, 0, 1)}, r"config.model.stage_depths: .* got \(1, 2, 0, 1\)"),
+    ({"stage_depths": (1, 1, 2, 1)}, r"config.model.nonlocal_stages: stage 1 cannot hold"),
+    ({"nonlocal_stages": (4,)}, r"config.model.nonlocal_stages: stage 4 cannot hold"),
+  ],
+)
+def test_validate_rejects_structures_that_do_not_fit(overrides, message):
+  config = config_lib.default_config()
+  config.init.kinetics_i3d = ""
+  for field, value in overrides.items():
+    config.model[field] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config, num_devices=1)
