@@ -217,7 +217,30 @@ def checked_normalization(config, meta: dict, directory) -> str:
   return meta["normalization"]
 
 
+def require_checkpoint(config, workdir) -> None:
+  """The checkpoint `config.eval.step` asks for (default: any) exists in `workdir`, checked
+  before anything else is done: naming what is there."""
+  directory = os.path.join(workdir, "checkpoints")
+  steps = []
+  if os.path.isdir(directory):  # (a Checkpointer would create the folder)
+    ckpt = checkpoint_lib.Checkpointer(directory, save_every_steps=1, handle_sigterm=False)
+    try:
+      steps = ckpt.all_steps()
+    finally:
+      ckpt.close()
+  if not steps:
+    raise FileNotFoundError(
+      f"no checkpoint in {directory}: config.mode={config.mode} needs a trained run's workdir"
+    )
+  if config.eval.step >= 0 and config.eval.step not in steps:
+    raise FileNotFoundError(
+      f"config.eval.step: no checkpoint of step {config.eval.step} in {directory} "
+      f"(there are {sorted(steps)})"
+    )
+
+
 def restore_for_eval(config, workdir):
+  require_checkpoint(config, workdir)
   data_dir, setup = setup_for(config, workdir, init_weights=False)
   return (data_dir, *_restore(config, workdir, setup))
 
@@ -226,6 +249,7 @@ def restore_model(config, workdir):
   """`(setup, step)` of the run's checkpoint for the modes that need no dataset (embed,
   search's inputs): the head's size comes from the checkpoint's metadata; checkpoints that do not
   record it are restored as `eval` restores them, with the dataset."""
+  require_checkpoint(config, workdir)
   meta = checkpoint_lib.latest_meta(os.path.join(workdir, "checkpoints"))
   if meta is None or "num_classes" not in meta:
     return restore_for_eval(config, workdir)[1:]

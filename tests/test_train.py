@@ -351,3 +351,22 @@ def test_validate_rejects_structures_that_do_not_fit(overrides, message):
     config.model[field] = value
   with pytest.raises(ValueError, match=message):
     config_lib.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("mode", ["eval", "extract"])
+def test_a_mode_needing_a_checkpoint_fails_before_the_dataset_is_touched(tmp_path, mode):
+  config = tiny_config(tmp_path / "data", mode=mode)  # the synthetic data would be generated
+  with pytest.raises(
+    FileNotFoundError, match=rf"no checkpoint in .*checkpoints: config.mode={mode}"
+  ):
+    (runner.evaluate_checkpoint if mode == "eval" else runner.extract)(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == []  # no data, no checkpoints folder
+
+
+def test_a_missing_step_is_named_with_the_steps_there(data_dir, straight_run):
+  workdir, _ = straight_run
+  config = tiny_config(data_dir, mode="eval", **{"eval.step": 7})
+  with pytest.raises(
+    FileNotFoundError, match=r"config.eval.step: no checkpoint of step 7 .*\[.*10\]"
+  ):
+    runner.evaluate_checkpoint(config, str(workdir))
