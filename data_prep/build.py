@@ -18,9 +18,10 @@ result, `<data_dir>/<dataset>/` (the format is `data_prep.built`), holds
 The layout is read and checked in full before anything is written, so a bad download fails in
 seconds naming the file. The build streams: images are encoded one tracklet at a time and the
 per-frame index columns go to disk as they are read, so memory does not grow with the frames.
-It is atomic: everything is written under `<data_dir>/.<dataset>.incomplete-*` and renamed to
-`<data_dir>/<dataset>` only when complete, so a failed or interrupted build leaves nothing that
-looks finished. Re-running a finished build does nothing.
+It is atomic: everything is written under `<data_dir>/.<dataset>.incomplete-<host>-<pid>-*` and
+renamed to `<data_dir>/<dataset>` only when complete, so a failed or interrupted build leaves
+nothing that looks finished, and the next build removes what an interrupted one left on this
+host. Re-running a finished build does nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import textwrap
@@ -73,7 +75,8 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
   from data_prep import builders
 
   os.makedirs(data_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{dataset}.incomplete-", dir=data_dir)
+  remove_debris(data_dir, dataset)
+  staging = tempfile.mkdtemp(prefix=_staging_prefix(dataset), dir=data_dir)
   try:
     builder = builders.builder_class(dataset)(
       data_dir=staging, tracklets_per_split=tracklets_per_split
@@ -102,6 +105,38 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
     shutil.rmtree(staging, ignore_errors=True)
   print(built.format_stats(stats))
   return final_dir
+
+
+def _staging_prefix(dataset: str) -> str:
+  """`.<dataset>.incomplete-<host>-<pid>-`: names the building process, so that a later build
+  can tell an interrupted build's folder from a running one's."""
+  return f".{dataset}.incomplete-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def remove_debris(data_dir: str, dataset: str) -> None:
+  """Removes the staging folders of this dataset's builds that were interrupted on this host
+  (their process is gone); those of running builds or other hosts are left, and named."""
+  prefix = f".{dataset}.incomplete-{socket.gethostname()}-"
+  for name in sorted(os.listdir(data_dir)):
+    if not name.startswith(f".{dataset}.incomplete-"):
+      continue
+    path = os.path.join(data_dir, name)
+    pid = name[len(prefix) :].split("-")[0] if name.startswith(prefix) else ""
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(path, ignore_errors=True)
+      print(f"Removed {path}, left by an interrupted build.")
+    else:
+      print(f"Left {path}: a build running now, or on another host.")
 
 
 def check_layout(spec: Dataset, manual_dir: str) -> dict[str, int]:

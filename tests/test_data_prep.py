@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 
 import download_layouts
 import numpy as np
@@ -326,3 +327,29 @@ def test_tracklet_with_two_pids_duke(tmp_path):
   shutil.move(stray, base / "0001" / "0001" / stray.name)
   message = _expect_error("duke", tmp_path, base / "0001" / "0001" / stray.name)
   assert "two pids" in message
+
+
+def test_a_new_build_removes_the_debris_of_an_interrupted_one(tmp_path, capsys):
+  import socket
+
+  manual = _tiny_mars(tmp_path / "download")
+  data_dir = tmp_path / "data"
+  host = socket.gethostname()
+  dead = _dead_pid()
+  debris = data_dir / f".mars.incomplete-{host}-{dead}-abc"
+  running = data_dir / f".mars.incomplete-{host}-{os.getpid()}-def"  # a live process's
+  elsewhere = data_dir / ".mars.incomplete-otherhost-123-ghi"
+  for folder in (debris, running, elsewhere):
+    (folder / "mars").mkdir(parents=True)
+  build_lib.build("mars", manual, str(data_dir))
+  assert not debris.exists() and running.exists() and elsewhere.exists()
+  out = capsys.readouterr().out
+  assert f"Removed {debris}, left by an interrupted build." in out
+  assert f"Left {running}" in out and f"Left {elsewhere}" in out
+
+
+def _dead_pid() -> int:
+  """The pid of a process that has ended."""
+  process = subprocess.Popen(["true"])
+  process.wait()
+  return process.pid
