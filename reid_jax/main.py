@@ -127,7 +127,14 @@ def _run_mode(config, workdir: str) -> None:
   from reid_jax.evaluation import runner
 
   if config.mode == "train":
-    train.train_and_evaluate(config, workdir)
+    result = train.train_and_evaluate(config, workdir)
+    if "preempted_at_step" in result:
+      std_logging.getLogger("reid_jax").warning(
+        "Preempted: exiting with status %d; the same command resumes from step %d.",
+        train.PREEMPTED_EXIT_STATUS,
+        result["preempted_at_step"],
+      )
+      raise SystemExit(train.PREEMPTED_EXIT_STATUS)
   elif config.mode == "eval":
     runner.evaluate_checkpoint(config, workdir)
   elif config.mode == "extract":

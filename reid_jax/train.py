@@ -27,6 +27,10 @@ from reid_jax.evaluation.protocols import REPORTED_METRICS
 from reid_jax.models import num_params
 
 # The run's own log; Orbax and TensorFlow log through absl, which `main` keeps to warnings.
+# The exit status of `python -m reid_jax.main` when a SIGTERM (preemption) stopped training after
+# a checkpoint: EX_TEMPFAIL of sysexits.h, "try again", so a scheduler can tell it from 0 (done).
+PREEMPTED_EXIT_STATUS = 75
+
 log = logging.getLogger("reid_jax")
 
 

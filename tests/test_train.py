@@ -143,8 +143,9 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, straight_run, tmp_p
       break
     time.sleep(0.1)
   output = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, output
+  assert proc.returncode == train.PREEMPTED_EXIT_STATUS == 75, output
   assert "Stopping at step" in output, output
+  assert "Preempted: exiting with status 75; the same command resumes from step" in output
   stopped_at = max(int(d.name) for d in (resumed / "checkpoints").iterdir() if d.name.isdigit())
   assert 2 <= stopped_at < TOTAL_STEPS
 
