@@ -20,7 +20,17 @@ class JsonLinesWriter(interface.MetricWriter):
   """Scalars, texts and hyperparameters as JSON lines; arrays (images, videos, audio,
   histograms, summaries) are TensorBoard's and are not written here."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, keep_through_step: int = 0):
+    """Appends to `path`, first dropping the records of steps after `keep_through_step` (a
+    resumed run writes those steps again; without this they would stand twice)."""
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = f.readlines()
+      kept = [line for line in lines if _step(line) <= keep_through_step]
+      if len(kept) < len(lines) or (kept and not kept[-1].endswith("\n")):
+        with open(path + ".tmp", "w") as f:
+          f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+        os.replace(path + ".tmp", path)
     self._file = open(path, "a")
 
   def _write(self, record: Mapping[str, Any]) -> None:
@@ -58,14 +68,24 @@ class JsonLinesWriter(interface.MetricWriter):
     self._file.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def _step(line: str) -> float:
+  """A record's step (-1 without one); a line cut short by a crash counts as past every step,
+  so it is dropped rather than glued to the next record."""
+  try:
+    return int(json.loads(line).get("step", -1))
+  except (ValueError, AttributeError):
+    return float("inf")
+
+
+def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
   """TensorBoard in `<workdir>/tensorboard` and `<workdir>/metrics.jsonl` on process 0; on the
-  other processes a writer that writes nothing."""
+  other processes a writer that writes nothing. A run (re)starting at `start_step` drops the
+  JSON records of later steps, which it writes again."""
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter(
     [
       metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
-      JsonLinesWriter(os.path.join(workdir, "metrics.jsonl")),
+      JsonLinesWriter(os.path.join(workdir, "metrics.jsonl"), keep_through_step=start_step),
     ]
   )

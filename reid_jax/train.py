@@ -94,7 +94,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # torchvision (in this order its Triton import crashes the process).
   from reid_jax import metric_writer
 
-  writer = metric_writer.create_writer(workdir)
+  writer = metric_writer.create_writer(workdir, start_step)
   train_iter = data_lib.make_train_iterator(
     data_dir,
     config.dataset.name,

@@ -150,6 +150,9 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, straight_run, tmp_p
   assert 2 <= stopped_at < TOTAL_STEPS
 
   train.train_and_evaluate(tiny_config(data_dir), str(resumed))
+  records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+  logged = [r["step"] for r in records if "train/loss" in r]
+  assert logged == list(range(1, TOTAL_STEPS + 1))  # each step once, replayed ones included
   a, b = saved_arrays(straight, TOTAL_STEPS), saved_arrays(resumed, TOTAL_STEPS)
   assert a.keys() == b.keys()
   for key in a:
@@ -371,3 +374,20 @@ def test_a_missing_step_is_named_with_the_steps_there(data_dir, straight_run):
     FileNotFoundError, match=r"config.eval.step: no checkpoint of step 7 .*\[.*10\]"
   ):
     runner.evaluate_checkpoint(config, str(workdir))
+
+
+def test_metrics_of_replayed_steps_are_written_once(tmp_path):
+  """A run killed after step 6 but resumed from its step-4 checkpoint writes 5 and 6 again."""
+  from reid_jax.metric_writer import JsonLinesWriter
+
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"hparams": {"lr": 1}})] + [
+    json.dumps({"step": s, "train/loss": float(s)}) for s in range(1, 7)
+  ]
+  path.write_text("\n".join(lines) + '\n{"step": 7, "train/lo')  # a line cut by the kill
+  writer = JsonLinesWriter(str(path), keep_through_step=4)
+  for s in (5, 6):
+    writer.write_scalars(s, {"train/loss": 10.0 * s})
+  writer.close()
+  steps = [json.loads(line).get("step") for line in path.read_text().splitlines()]
+  assert steps == [None, 1, 2, 3, 4, 5, 6]
