@@ -31,6 +31,46 @@ def _default_config() -> str:
 
 _DEFAULT_CONFIG = _default_config()
 
+
+def check_config_overrides(argv: list[str]) -> None:
+  """Raises SystemExit with one line for a `--config.<field>` override of a field the config
+  does not have (naming the nearest ones) or given twice (ml_collections would join tuples)."""
+  import difflib
+  import importlib.util
+
+  path, overrides = _DEFAULT_CONFIG, []
+  for arg in argv[1:]:
+    name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+    if name == "config" and "=" in arg:
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+    elif name.startswith("config."):
+      overrides.append(name[len("config.") :])
+  twice = sorted({name for name in overrides if overrides.count(name) > 1})
+  if twice:
+    raise SystemExit(f"error: --config.{twice[0]} is given more than once")
+  if not overrides or not os.path.isfile(path):
+    return  # config_flags names a missing config file itself
+  spec = importlib.util.spec_from_file_location("config_for_flags", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for name in overrides:
+    node, parts = config, name.split(".")
+    for depth, part in enumerate(parts):
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in keys:
+        prefix = ".".join(parts[:depth])
+        near = difflib.get_close_matches(part, keys, n=3, cutoff=0.5)
+        where = f"config.{prefix}" if prefix else "the config"
+        stem = f"--config.{prefix}." if prefix else "--config."
+        hint = f"; did you mean {', '.join(stem + k for k in near)}?" if near else ""
+        raise SystemExit(f"error: --config.{name}: {where} has no field {part!r}{hint}")
+      node = node[part]
+
+
+# Before the config flag is defined: defining it parses the default config with the overrides.
+if __name__ == "__main__":
+  check_config_overrides(sys.argv)
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", "workdirs/demo", "Checkpoints, logs, metrics and pictures.")
 flags.DEFINE_bool(

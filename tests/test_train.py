@@ -391,3 +391,34 @@ def test_metrics_of_replayed_steps_are_written_once(tmp_path):
   writer.close()
   steps = [json.loads(line).get("step") for line in path.read_text().splitlines()]
   assert steps == [None, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+  "args, line",
+  [
+    (
+      ["--config.optim.base_rl=1"],
+      "error: --config.optim.base_rl: config.optim has no field 'base_rl'; did you mean "
+      "--config.optim.base_lr?",
+    ),
+    (
+      ["--config=configs/synthetic.py", "--config.optim.bogus=1"],
+      "error: --config.optim.bogus: config.optim has no field 'bogus'",
+    ),
+    (
+      ["--config.model.stage_depths=1,1,1,1", "--config.model.stage_depths=2,2,2,2"],
+      "error: --config.model.stage_depths is given more than once",
+    ),
+  ],
+)
+def test_a_bad_override_is_one_line(tmp_path, args, line):
+  result = subprocess.run(
+    [sys.executable, "-m", "reid_jax.main", f"--workdir={tmp_path / 'run'}", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 1
+  assert result.stderr.strip() == line
+  assert not (tmp_path / "run").exists()
