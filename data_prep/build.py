@@ -97,6 +97,21 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
     for view in built.VIEWS:
       write_index(staged, version_dir, spec, view, staging)
     stats = dataset_stats(spec, *(_tracklet_columns(staged, view) for view in built.VIEWS))
+    shards = sorted(
+      os.path.relpath(os.path.join(d, n), staged)
+      for d, _, names in os.walk(os.path.join(staged, version_dir))
+      for n in names
+      if ".tfrecord-" in n
+    )
+    with open(os.path.join(staged, built.SHARDS), "w") as f:
+      records = {
+        s: dict(
+          bytes=os.path.getsize(os.path.join(staged, s)),
+          sha256=built.file_sha256(os.path.join(staged, s)),
+        )
+        for s in shards
+      }
+      json.dump(records, f, indent=1)
     stats["seconds"] = round(time.perf_counter() - start, 1)
     with open(os.path.join(staged, built.FINISHED), "w") as f:
       json.dump(stats, f, indent=2)
@@ -137,6 +152,63 @@ def remove_debris(data_dir: str, dataset: str) -> None:
       print(f"Removed {path}, left by an interrupted build.")
     else:
       print(f"Left {path}: a build running now, or on another host.")
+
+
+def verify(dataset: str, data_dir: str) -> None:
+  """Checks every shard of a finished build against the size and SHA-256 the build recorded.
+  Raises ValueError naming each damaged shard and the first tracklet whose frame in it no longer
+  decodes (or whose bytes are gone)."""
+  from PIL import Image
+
+  root = built.finished_dir(data_dir, dataset)
+  records = built.shard_records(root)
+  if records is None:
+    raise ValueError(f"{root} was built by an earlier version, without checksums: rebuild it")
+  problems = []
+  for shard, record in records.items():
+    path = os.path.join(root, shard)
+    if not os.path.exists(path):
+      problems.append(f"{path} is missing")
+      continue
+    size = os.path.getsize(path)
+    if size == record["bytes"] and built.file_sha256(path) == record["sha256"]:
+      continue
+    problem = f"{path}: " + (
+      f"{size} bytes, the build wrote {record['bytes']}"
+      if size != record["bytes"]
+      else "its contents changed (SHA-256)"
+    )
+    with open(path, "rb") as f:
+      data = f.read()
+    for view in built.VIEWS:
+      with np.load(built.index_path(root, view)) as index:
+        shard_of = [str(s) for s in index["shards"]]
+        if shard not in shard_of:
+          continue
+        frames = np.flatnonzero(index["frame_shard"] == shard_of.index(shard))
+        for frame in frames:
+          start, length = index["frame_offset"][frame], index["frame_length"][frame]
+          jpeg = data[start : start + length]
+          try:
+            Image.open(io.BytesIO(jpeg)).load()
+            if len(jpeg) == length:
+              continue
+          except Exception:
+            pass
+          row = int(np.searchsorted(index["frame_start"], frame, side="right") - 1)
+          problem += (
+            f"; the first frame that no longer decodes is frame {index['frame_numbers'][frame]} "
+            f"of {view} tracklet {row} (pid {index['pids'][row]}, camera "
+            f"{index['camids'][row]}, tracklet id {index['tracklet_ids'][row]})"
+          )
+          break
+        else:
+          continue
+        break
+    problems.append(problem)
+  if problems:
+    raise ValueError("damaged dataset (rebuild it):\n" + "\n".join(problems))
+  print(f"{root}: all {len(records)} shards match their checksums.")
 
 
 def check_layout(spec: Dataset, manual_dir: str) -> dict[str, int]:
@@ -301,12 +373,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   parser.add_argument("--dataset", required=True, choices=datasets.NAMES)
-  parser.add_argument("--manual_dir", required=True, help="the user's download")
+  parser.add_argument("--manual_dir", help="the user's download (to build)")
   parser.add_argument("--data_dir", required=True, help="where built datasets live")
+  parser.add_argument(
+    "--verify", action="store_true", help="check a finished build's shards against their checksums"
+  )
   args = parser.parse_args(argv)
+  if not args.verify and not args.manual_dir:
+    parser.error("--manual_dir is needed to build (or pass --verify)")
   try:
-    build(args.dataset, args.manual_dir, args.data_dir)
-  except LayoutError as e:
+    if args.verify:
+      verify(args.dataset, args.data_dir)
+    else:
+      build(args.dataset, args.manual_dir, args.data_dir)
+  except (LayoutError, ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
 
 

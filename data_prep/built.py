@@ -3,6 +3,7 @@
     <data_dir>/<dataset>/
       <version>/<dataset>-<split>.tfrecord-*   a standard TFDS dataset, one example per tracklet
       index/train.npz, index/eval.npz          per view, the arrays of INDEX_KEYS
+      index/shards.json                        per shard: its size and SHA-256
       stats.json                               written last: a build is finished when it exists
 
 An index holds per tracklet (arrays of length N) `pids`, `camids`, `tracklet_ids`, `roles` (codes
@@ -15,6 +16,8 @@ frame_start[i]:frame_start[i + 1] of the frame arrays); per frame `frame_numbers
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -26,6 +29,7 @@ TRACKLET_KEYS = ("pids", "camids", "tracklet_ids", "roles", "person_split_role",
 FRAME_KEYS = ("frame_numbers", "frame_shard", "frame_offset", "frame_length")
 INDEX_KEYS = (*TRACKLET_KEYS, *FRAME_KEYS, "shards")
 FINISHED = "stats.json"
+SHARDS = os.path.join("index", "shards.json")  # per shard path: its size in bytes and SHA-256
 STATS_FIELDS = ("tracklets", "identities", "frames", "cameras", "min_len", "mean_len", "max_len")
 
 
@@ -59,7 +63,41 @@ def load_index(data_dir: str, dataset: str, view: str) -> dict[str, np.ndarray]:
   missing = [k for k in INDEX_KEYS if k not in index]
   if missing:
     raise ValueError(f"{path}: no {missing} (written by another version? rebuild the dataset)")
+  check_shard_sizes(dataset_dir(data_dir, dataset), [str(s) for s in index["shards"]])
   return index
+
+
+def shard_records(root: str) -> dict[str, dict] | None:
+  """`index/shards.json` of the build at `root` (None for builds of earlier versions)."""
+  path = os.path.join(root, SHARDS)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def check_shard_sizes(root: str, shards: list[str]) -> None:
+  """Each shard has the size the build recorded: cheap (one stat each), catches truncation."""
+  records = shard_records(root)
+  if records is None:
+    return
+  for shard in shards:
+    path = os.path.join(root, shard)
+    size = os.path.getsize(path) if os.path.exists(path) else None
+    if size != records[shard]["bytes"]:
+      found = "is missing" if size is None else f"has {size} bytes"
+      raise ValueError(
+        f"{path} {found}, the build wrote {records[shard]['bytes']}: the dataset is damaged "
+        f"(python -m data_prep.build --verify names what; rebuild it to repair)"
+      )
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def format_stats(stats: dict) -> str:

@@ -353,3 +353,48 @@ def _dead_pid() -> int:
   process = subprocess.Popen(["true"])
   process.wait()
   return process.pid
+
+
+def _built_copy(mars, tmp_path):
+  _, data_dir = mars
+  copy = tmp_path / "data"
+  shutil.copytree(os.path.join(data_dir, "mars"), copy / "mars")
+  return copy, copy / "mars" / "1.0.0" / "mars-test.tfrecord-00000-of-00001"
+
+
+def test_shards_are_recorded_and_verify_passes(mars, tmp_path, capsys):
+  copy, shard = _built_copy(mars, tmp_path)
+  records = json.loads((copy / "mars" / "index" / "shards.json").read_text())
+  assert records["1.0.0/mars-test.tfrecord-00000-of-00001"]["bytes"] == shard.stat().st_size
+  build_lib.verify("mars", str(copy))
+  assert "all 2 shards match their checksums" in capsys.readouterr().out
+
+
+def test_a_truncated_shard_is_named_when_the_index_is_loaded(mars, tmp_path):
+  copy, shard = _built_copy(mars, tmp_path)
+  with open(shard, "r+b") as f:
+    f.truncate(shard.stat().st_size // 2)
+  with pytest.raises(ValueError, match=rf"{shard} has \d+ bytes, the build wrote \d+"):
+    built.load_index(str(copy), "mars", "eval")
+  with pytest.raises(ValueError, match=rf"{shard}: \d+ bytes.*frame \d+ of eval tracklet \d+"):
+    build_lib.verify("mars", str(copy))
+
+
+def test_changed_bytes_are_named_with_the_tracklet_whose_frame_broke(mars, tmp_path):
+  copy, shard = _built_copy(mars, tmp_path)
+  index = built.load_index(str(copy), "mars", "eval")
+  row = 3
+  frame = index["frame_start"][row] + 1  # the second frame of tracklet 3
+  with open(shard, "r+b") as f:
+    f.seek(index["frame_offset"][frame])
+    f.write(b"\x00" * 16)  # its JPEG header: no longer an image
+  built.load_index(str(copy), "mars", "eval")  # the size is unchanged: the cheap check passes
+  with pytest.raises(ValueError) as error:
+    build_lib.verify("mars", str(copy))
+  message = str(error.value)
+  assert f"{shard}: its contents changed (SHA-256)" in message
+  expected = (
+    f"frame {index['frame_numbers'][frame]} of eval tracklet {row} (pid {index['pids'][row]}, "
+    f"camera {index['camids'][row]}, tracklet id {index['tracklet_ids'][row]})"
+  )
+  assert expected in message
