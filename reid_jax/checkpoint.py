@@ -12,6 +12,8 @@ manager (started by `jax.distributed.initialize`) agrees on a step and Orbax's
 `reached_preemption` reports it; our handler is then not installed, since it would replace JAX's.
 """
 
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -122,6 +124,48 @@ class Checkpointer:
     logging.warning("SIGTERM received: saving a checkpoint at the next step, then stopping.")
     self._sigterm.set()
 
+  # -------------------------------------------------------------------------------------------
+  # Checksums: `<directory>/checksums/<step>.json` holds each file's size and SHA-256, written
+  # by process 0 once Orbax has committed the step, and checked before a restore reads it.
+
+  def _checksum_path(self, step: int) -> str:
+    return os.path.join(self.directory, "checksums", f"{step}.json")
+
+  def _record_checksums(self) -> None:
+    """Writes the checksums of committed steps that have none (cheap when all have one)."""
+    if jax.process_index() != 0 or self._manager.is_saving_in_progress():
+      return
+    steps = set(self._manager.all_steps())
+    folder = os.path.join(self.directory, "checksums")
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+      if name.endswith(".json") and int(name.split(".")[0]) not in steps:  # a removed step's
+        os.remove(os.path.join(folder, name))
+    for step in steps:
+      path = self._checksum_path(step)
+      if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+          json.dump(_file_digests(os.path.join(self.directory, str(step))), f)
+        os.replace(path + ".tmp", path)
+
+  def damage(self, step: int) -> str | None:
+    """What is wrong with the files of `step` against its checksums, or None (also for steps
+    saved without checksums, which Orbax's own reading then checks)."""
+    path = self._checksum_path(step)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      expected = json.load(f)
+    found = _file_digests(os.path.join(self.directory, str(step)))
+    for name, record in expected.items():
+      if name not in found:
+        return f"{name} is missing"
+      if found[name]["bytes"] != record["bytes"]:
+        return f"{name} has {found[name]['bytes']} bytes, {record['bytes']} were saved"
+      if found[name]["sha256"] != record["sha256"]:
+        return f"{name} changed since it was saved (SHA-256)"
+    return None
+
   def maybe_save(
     self, step: int, *, state: PyTree, meta: dict[str, Any], force: bool = False
   ) -> bool:
@@ -133,6 +177,7 @@ class Checkpointer:
     by that step, from every process. With `async_save` the call returns once the arrays are
     on the host, so their device buffers may be donated right after.
     """
+    self._record_checksums()
     preempted = self._sigterm.is_set() or self._manager.reached_preemption(step)
     if preempted:
       self._preempted = True
@@ -180,14 +225,30 @@ class Checkpointer:
             message names the first mismatching key with both shapes.
     """
     if step is None:
-      step = self.latest_step()
-      if step is None:
+      steps = self.all_steps()
+      if not steps:
         raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+      for step in reversed(steps):  # the newest intact one
+        problem = self.damage(step)
+        if problem is None:
+          break
+        logging.warning(
+          "Checkpoint %s/%d is damaged (%s); trying the one before.", self.directory, step, problem
+        )
+      else:
+        raise CheckpointDamaged(f"Every checkpoint in {self.directory} is damaged.")
     elif step not in self._manager.all_steps():
       raise FileNotFoundError(
         f"No checkpoint for step {step} in {self.directory}; saved steps: {self.all_steps()}."
       )
-    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    elif problem := self.damage(step):
+      raise CheckpointDamaged(f"Checkpoint {self.directory}/{step} is damaged: {problem}.")
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # unreadable without checksums to say more
+      raise CheckpointDamaged(
+        f"Checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}: {e})"
+      ) from None
     meta = restored["meta"]
     saved_model = meta.get("model")
     if model_name is not None and saved_model is not None and saved_model != model_name:
@@ -196,9 +257,14 @@ class Checkpointer:
         f"model is {model_name!r}."
       )
     self._check_fits(step, abstract_state, saved_model, model_name)
-    state = self._manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-    )["state"]
+    try:
+      state = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+      )["state"]
+    except Exception as e:  # unreadable without checksums to say more
+      raise CheckpointDamaged(
+        f"Checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}: {e})"
+      ) from None
     return state, meta
 
   def _check_fits(self, step, abstract_state, saved_model, model_name):
@@ -217,16 +283,38 @@ class Checkpointer:
         )
 
   def wait_until_finished(self) -> None:
-    """Blocks until every asynchronous save has been committed to disk."""
+    """Blocks until every asynchronous save has been committed to disk (and checksummed)."""
     self._manager.wait_until_finished()
+    self._record_checksums()
 
   def close(self) -> None:
     """Finishes pending saves, releases Orbax resources and restores the SIGTERM handler."""
     self._manager.wait_until_finished()
+    self._record_checksums()
     self._manager.close()
     if self._handles_sigterm:
       signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
       self._handles_sigterm = False
+
+
+class CheckpointDamaged(RuntimeError):
+  """A checkpoint's files do not match what was saved; the message names the file."""
+
+
+def _file_digests(folder: str) -> dict[str, dict]:
+  """Per file under `folder` (relative path): its size and SHA-256."""
+  out = {}
+  for root, _, names in os.walk(folder):
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+          digest.update(chunk)
+      out[os.path.relpath(path, folder)] = dict(
+        bytes=os.path.getsize(path), sha256=digest.hexdigest()
+      )
+  return out
 
 
 def _restore_latest(directory: str, **items) -> tuple[int, dict[str, Any]] | None:

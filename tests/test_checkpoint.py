@@ -209,7 +209,9 @@ def test_async_save_is_complete_after_close(tmp_path):
   ckpt = Checkpointer(tmp_path, save_every_steps=1, async_save=True, handle_sigterm=False)
   assert ckpt.maybe_save(1, state=state, meta={"step": 1})
   ckpt.close()
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]  # committed, no temporary dir
+  # Committed, no temporary dir; its checksums written once committed.
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "checksums"]
+  assert (tmp_path / "checksums" / "1.json").exists()
   reopened = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
   restored, _ = reopened.restore(abstract_state=_abstract(state))
   reopened.close()
@@ -277,3 +279,49 @@ def test_finetuning_from_another_architecture_names_the_variable_and_writes_noth
     load_params_for_finetuning(deeper, tmp_path / "other")
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     load_params_for_finetuning(deeper, tmp_path / "nowhere")
+
+
+def _damage(folder, kind):
+  state = folder / "state"
+  files = sorted((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  if kind == "truncate the largest data file":
+    path = files[-1]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  elif kind == "flip bytes in the largest data file":
+    path = files[-1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+  else:  # delete a file by name
+    path = next(p for p in folder.rglob(kind))
+    path.unlink()
+  return path
+
+
+@pytest.mark.parametrize(
+  "kind",
+  [
+    "truncate the largest data file",
+    "flip bytes in the largest data file",
+    "manifest.ocdbt",
+    "_METADATA",
+  ],
+)
+def test_a_damaged_checkpoint_is_named_and_the_one_before_restored(tmp_path, kind, caplog):
+  from reid_jax.checkpoint import CheckpointDamaged
+
+  states = {s: {"w": jnp.full((1000,), float(s))} for s in (1, 2)}
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  for step, state in states.items():
+    ckpt.maybe_save(step, state=state, meta={"step": step})
+  ckpt.close()
+  damaged = _damage(tmp_path / "2", kind)
+  reopened = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  with pytest.raises(CheckpointDamaged, match=rf"{tmp_path}/2 is damaged: .*{damaged.name}"):
+    reopened.restore(2, abstract_state=_abstract(states[2]))
+  with caplog.at_level("WARNING"):
+    restored, meta = reopened.restore(abstract_state=_abstract(states[2]))
+  assert meta["step"] == 1 and float(restored["w"][0]) == 1.0
+  assert f"{tmp_path}/2 is damaged" in caplog.text and damaged.name in caplog.text
+  assert (tmp_path / "2").exists()  # nothing is deleted
+  reopened.close()
