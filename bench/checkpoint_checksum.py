@@ -1,0 +1,57 @@
+r"""The cost of checkpoint checksums against the save itself.
+
+    python bench/checkpoint_checksum.py [--config configs/mars.py]
+
+Builds the config's training state (random weights, Adam state included), saves it with
+`reid_jax.checkpoint.Checkpointer` (synchronously), then times recording the step's checksums
+(what process 0 does once a step is committed) and checking them (what a restore does first),
+beside the save and the restore themselves.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", default=os.path.join(REPO, "configs", "mars.py"))
+  args = parser.parse_args()
+
+  import random_model
+
+  from reid_jax import state as state_lib
+  from reid_jax.checkpoint import Checkpointer
+
+  config, setup = random_model.build(args.config)
+  folder = tempfile.mkdtemp(prefix="reid_jax_checksum_bench_")
+  ckpt = Checkpointer(folder, save_every_steps=1, async_save=False, handle_sigterm=False)
+  start = time.perf_counter()
+  ckpt.maybe_save(1, state=setup.state, meta={"step": 1, "model": config.model.name})
+  ckpt._manager.wait_until_finished()
+  save_s = time.perf_counter() - start
+  start = time.perf_counter()
+  ckpt._record_checksums()
+  record_s = time.perf_counter() - start
+  start = time.perf_counter()
+  assert ckpt.damage(1) is None
+  check_s = time.perf_counter() - start
+  start = time.perf_counter()
+  ckpt.restore(1, abstract_state=state_lib.abstract_like(setup.state))
+  restore_s = time.perf_counter() - start  # includes the check
+  ckpt.close()
+  size = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(folder) for n in ns)
+  print(f"{config.model.name}: checkpoint of {size / 2**20:.0f} MiB, {os.cpu_count()} CPUs")
+  print(
+    f"  save     {save_s:6.2f} s; recording the checksums {record_s:6.2f} s ({record_s / save_s:.0%})"
+  )
+  print(f"  restore  {restore_s:6.2f} s, of which checking the checksums {check_s:6.2f} s")
+
+
+if __name__ == "__main__":
+  main()
