@@ -210,9 +210,13 @@ def protocol(config) -> str:
   return config.eval.protocol or datasets.get(config.dataset.name).default_protocol.name
 
 
+class ConfigError(ValueError):
+  """An impossible setting; the message names the field."""
+
+
 def _check(ok: bool, field: str, message: str):
   if not ok:
-    raise ValueError(f"config.{field}: {message}")
+    raise ConfigError(f"config.{field}: {message}")
 
 
 def validate(config, *, num_devices: int) -> None:

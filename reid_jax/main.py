@@ -155,10 +155,24 @@ def main(argv):
     raise app.UsageError(f"config.mode {config.mode!r} is not one of {config_lib.MODES}")
   # One run per workdir: process 0 holds the lock until it ends, however it ends.
   lock = workdir_lock.WorkdirLock(workdir, config.mode) if jax.process_index() == 0 else None
+  from data_prep.dataset import LayoutError
+  from reid_jax import state as state_lib
+  from reid_jax.checkpoint import CheckpointDamaged
+  from reid_jax.footage.sources import FootageError
+
+  # What a user can act on is one line; anything else keeps its traceback.
+  user_errors = (
+    workdir_lock.WorkdirLocked,
+    config_lib.ConfigError,
+    CheckpointDamaged,
+    FootageError,
+    LayoutError,
+    state_lib.MissingCheckpoint,
+  )
   try:
     with lock or contextlib.nullcontext():
       _run_mode(config, workdir)
-  except workdir_lock.WorkdirLocked as e:
+  except user_errors as e:
     raise SystemExit(f"error: {e}") from None
 
 

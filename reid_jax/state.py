@@ -217,6 +217,10 @@ def checked_normalization(config, meta: dict, directory) -> str:
   return meta["normalization"]
 
 
+class MissingCheckpoint(FileNotFoundError):
+  """The workdir has no checkpoint, or not the step asked for."""
+
+
 def require_checkpoint(config, workdir) -> None:
   """The checkpoint `config.eval.step` asks for (default: any) exists in `workdir`, checked
   before anything else is done: naming what is there."""
@@ -229,11 +233,11 @@ def require_checkpoint(config, workdir) -> None:
     finally:
       ckpt.close()
   if not steps:
-    raise FileNotFoundError(
+    raise MissingCheckpoint(
       f"no checkpoint in {directory}: config.mode={config.mode} needs a trained run's workdir"
     )
   if config.eval.step >= 0 and config.eval.step not in steps:
-    raise FileNotFoundError(
+    raise MissingCheckpoint(
       f"config.eval.step: no checkpoint of step {config.eval.step} in {directory} "
       f"(there are {sorted(steps)})"
     )
