@@ -207,7 +207,7 @@ def verify(dataset: str, data_dir: str) -> None:
         break
     problems.append(problem)
   if problems:
-    raise ValueError("damaged dataset (rebuild it):\n" + "\n".join(problems))
+    raise built.DamagedDataset("damaged dataset (rebuild it):\n" + "\n".join(problems))
   print(f"{root}: all {len(records)} shards match their checksums.")
 
 

@@ -67,6 +67,10 @@ def load_index(data_dir: str, dataset: str, view: str) -> dict[str, np.ndarray]:
   return index
 
 
+class DamagedDataset(ValueError):
+  """A built dataset's shard is missing, or not what the build wrote; the message names it."""
+
+
 def shard_records(root: str) -> dict[str, dict] | None:
   """`index/shards.json` of the build at `root` (None for builds of earlier versions)."""
   path = os.path.join(root, SHARDS)
@@ -86,7 +90,7 @@ def check_shard_sizes(root: str, shards: list[str]) -> None:
     size = os.path.getsize(path) if os.path.exists(path) else None
     if size != records[shard]["bytes"]:
       found = "is missing" if size is None else f"has {size} bytes"
-      raise ValueError(
+      raise DamagedDataset(
         f"{path} {found}, the build wrote {records[shard]['bytes']}: the dataset is damaged "
         f"(python -m data_prep.build --verify names what; rebuild it to repair)"
       )

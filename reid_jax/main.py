@@ -155,6 +155,7 @@ def main(argv):
     raise app.UsageError(f"config.mode {config.mode!r} is not one of {config_lib.MODES}")
   # One run per workdir: process 0 holds the lock until it ends, however it ends.
   lock = workdir_lock.WorkdirLock(workdir, config.mode) if jax.process_index() == 0 else None
+  from data_prep.built import DamagedDataset
   from data_prep.dataset import LayoutError
   from reid_jax import state as state_lib
   from reid_jax.checkpoint import CheckpointDamaged
@@ -167,6 +168,7 @@ def main(argv):
     CheckpointDamaged,
     FootageError,
     LayoutError,
+    DamagedDataset,
     state_lib.MissingCheckpoint,
   )
   try:

@@ -241,6 +241,16 @@ def require_checkpoint(config, workdir) -> None:
       f"config.eval.step: no checkpoint of step {config.eval.step} in {directory} "
       f"(there are {sorted(steps)})"
     )
+  if config.eval.step >= 0:  # a damaged step asked for is named before the dataset is read
+    ckpt = checkpoint_lib.Checkpointer(directory, save_every_steps=1, handle_sigterm=False)
+    try:
+      problem = ckpt.damage(config.eval.step)
+    finally:
+      ckpt.close()
+    if problem:
+      raise checkpoint_lib.CheckpointDamaged(
+        f"Checkpoint {directory}/{config.eval.step} is damaged: {problem}."
+      )
 
 
 def restore_for_eval(config, workdir):
