@@ -108,6 +108,7 @@ class Checkpointer:
       self.directory, options=options, handler_registry=registry
     )
     self._sigterm = threading.Event()
+    self._damaged: set[int] = set()  # steps found damaged by `restore`, set aside when re-saved
     self._preempted = False
     self._handles_sigterm = False
     if handle_sigterm and jax.process_count() == 1:
@@ -166,6 +167,19 @@ class Checkpointer:
         return f"{name} changed since it was saved (SHA-256)"
     return None
 
+  def _set_aside(self, step: int) -> None:
+    """Renames a damaged step to `<step>.damaged` (kept, not deleted) so it can be saved again."""
+    if jax.process_index() == 0:
+      target = os.path.join(self.directory, f"{step}.damaged")
+      os.rename(os.path.join(self.directory, str(step)), target)
+      if os.path.exists(self._checksum_path(step)):
+        os.rename(self._checksum_path(step), os.path.join(target, "checksums.json"))
+      logging.warning(
+        "Moved damaged checkpoint %s/%d to %s; saving it again.", self.directory, step, target
+      )
+    self._manager.reload()
+    self._damaged.discard(step)
+
   def maybe_save(
     self, step: int, *, state: PyTree, meta: dict[str, Any], force: bool = False
   ) -> bool:
@@ -181,6 +195,8 @@ class Checkpointer:
     preempted = self._sigterm.is_set() or self._manager.reached_preemption(step)
     if preempted:
       self._preempted = True
+    if step in self._damaged and step in self._manager.all_steps():
+      self._set_aside(step)
     if step in self._manager.all_steps():
       return False
     if not (force or preempted or self._manager.should_save(step)):
@@ -235,6 +251,7 @@ class Checkpointer:
         logging.warning(
           "Checkpoint %s/%d is damaged (%s); trying the one before.", self.directory, step, problem
         )
+        self._damaged.add(step)
       else:
         raise CheckpointDamaged(f"Every checkpoint in {self.directory} is damaged.")
     elif step not in self._manager.all_steps():

@@ -325,3 +325,24 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_restored(tmp_path, kin
   assert f"{tmp_path}/2 is damaged" in caplog.text and damaged.name in caplog.text
   assert (tmp_path / "2").exists()  # nothing is deleted
   reopened.close()
+
+
+def test_a_damaged_step_is_set_aside_when_training_reaches_it_again(tmp_path):
+  states = {s: {"w": jnp.full((1000,), float(s))} for s in (1, 2)}
+  ckpt = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  for step, state in states.items():
+    ckpt.maybe_save(step, state=state, meta={"step": step})
+  ckpt.close()
+  _damage(tmp_path / "2", "truncate the largest data file")
+  resumed = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  _, meta = resumed.restore(abstract_state=_abstract(states[2]))
+  assert meta["step"] == 1
+  again = {"w": jnp.full((1000,), 22.0)}
+  assert resumed.maybe_save(2, state=again, meta={"step": 2})
+  resumed.close()
+  assert (tmp_path / "2.damaged" / "checksums.json").exists()  # kept, not deleted
+  reopened = Checkpointer(tmp_path, save_every_steps=1, handle_sigterm=False)
+  restored, meta = reopened.restore(abstract_state=_abstract(again))
+  assert meta["step"] == 2 and float(restored["w"][0]) == 22.0
+  assert reopened.all_steps() == [1, 2]
+  reopened.close()
