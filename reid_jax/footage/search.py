@@ -163,10 +163,9 @@ def search(config, workdir: str) -> dict:
   from reid_jax.footage.embed import load_embeddings
 
   s = config.search
-  query = load_embeddings(s.query or os.path.join(workdir, "embeddings.npz"))
-  same = not s.gallery or os.path.abspath(s.gallery) == os.path.abspath(
-    s.query or os.path.join(workdir, "embeddings.npz")
-  )
+  query_path = s.query or os.path.join(workdir, "embeddings.npz")
+  query = load_embeddings(query_path)
+  same = not s.gallery or os.path.abspath(s.gallery) == os.path.abspath(query_path)
   gallery = query if same else load_embeddings(s.gallery)
   if query["features"].shape[1] != gallery["features"].shape[1]:
     raise ValueError(
@@ -198,7 +197,7 @@ def search(config, workdir: str) -> dict:
       for rank, (d, g) in enumerate(zip(distances[q], indices[q]), start=1):
         if g < 0:
           break
-        decision = "" if threshold is None else ("match" if d <= threshold else "no match")
+        decision = _decision(d, threshold)
         ranking_csv.writerow(
           [
             query["names"][q],
@@ -262,7 +261,7 @@ def _sheets(output, query, gallery, distances, indices, threshold, count) -> lis
     for d, g in zip(distances[q], indices[q]):
       if g < 0:
         break
-      decision = "" if threshold is None else ("match" if d <= threshold else "no match")
+      decision = _decision(d, threshold)
       g_name = str(gallery["names"][g])
       image = sheets_lib.middle_frame(g_tracks[g_name])
       results.append((g_name, str(gallery["cameras"][g]), float(d), decision, image))
@@ -271,6 +270,13 @@ def _sheets(output, query, gallery, distances, indices, threshold, count) -> lis
     written.append(sheets_lib.write_sheet(path, query_picture, results))
   log.info("Wrote %d ranked sheets to %s", len(written), output)
   return written
+
+
+def _decision(distance: float, threshold: float | None) -> str:
+  """The threshold's verdict on a pair ("" without a threshold)."""
+  if threshold is None:
+    return ""
+  return "match" if distance <= threshold else "no match"
 
 
 def _threshold(s, workdir: str, metric: str) -> tuple[float | None, str]:
