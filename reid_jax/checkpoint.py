@@ -12,7 +12,6 @@ manager (started by `jax.distributed.initialize`) agrees on a step and Orbax's
 `reached_preemption` reports it; our handler is then not installed, since it would replace JAX's.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+from data_prep import built
 
 PyTree = Any
 
@@ -109,6 +110,9 @@ class Checkpointer:
     )
     self._sigterm = threading.Event()
     self._damaged: set[int] = set()  # steps found damaged by `restore`, set aside when re-saved
+    # Steps of this directory may lack checksums (saved by this object, or by a run killed
+    # before writing them): look once, then only after a save.
+    self._checksums_due = True
     self._preempted = False
     self._handles_sigterm = False
     if handle_sigterm and jax.process_count() == 1:
@@ -134,7 +138,9 @@ class Checkpointer:
 
   def _record_checksums(self) -> None:
     """Writes the checksums of committed steps that have none (cheap when all have one)."""
-    if jax.process_index() != 0 or self._manager.is_saving_in_progress():
+    if not self._checksums_due or jax.process_index() != 0:
+      return
+    if self._manager.is_saving_in_progress():
       return
     steps = set(self._manager.all_steps())
     folder = os.path.join(self.directory, "checksums")
@@ -148,6 +154,7 @@ class Checkpointer:
         with open(path + ".tmp", "w") as f:
           json.dump(_file_digests(os.path.join(self.directory, str(step))), f)
         os.replace(path + ".tmp", path)
+    self._checksums_due = False
 
   def damage(self, step: int) -> str | None:
     """What is wrong with the files of `step` against its checksums, or None (also for steps
@@ -201,6 +208,7 @@ class Checkpointer:
       return False
     if not (force or preempted or self._manager.should_save(step)):
       return False
+    self._checksums_due = True
     return self._manager.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -320,18 +328,14 @@ class CheckpointDamaged(RuntimeError):
 
 def _file_digests(folder: str) -> dict[str, dict]:
   """Per file under `folder` (relative path): its size and SHA-256."""
-  out = {}
-  for root, _, names in os.walk(folder):
-    for name in sorted(names):
-      path = os.path.join(root, name)
-      digest = hashlib.sha256()
-      with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-          digest.update(chunk)
-      out[os.path.relpath(path, folder)] = dict(
-        bytes=os.path.getsize(path), sha256=digest.hexdigest()
-      )
-  return out
+  return {
+    os.path.relpath(os.path.join(root, name), folder): dict(
+      bytes=os.path.getsize(os.path.join(root, name)),
+      sha256=built.file_sha256(os.path.join(root, name)),
+    )
+    for root, _, names in os.walk(folder)
+    for name in sorted(names)
+  }
 
 
 def _restore_latest(directory: str, **items) -> tuple[int, dict[str, Any]] | None:
