@@ -43,6 +43,8 @@ import numpy as np
 
 from data_prep import built, datasets
 from data_prep.dataset import Dataset, LayoutError
+from data_prep.errors import UserError
+from data_prep.files import file_sha256
 
 _FRAME_DTYPES = {
   "frame_numbers": np.int64,
@@ -50,6 +52,10 @@ _FRAME_DTYPES = {
   "frame_offset": np.int64,
   "frame_length": np.int64,
 }
+
+
+class BuildInTheWay(UserError, FileExistsError):
+  """The build's destination holds something that is not a finished build."""
 
 
 def build(dataset: str, manual_dir: str, data_dir: str) -> str:
@@ -65,7 +71,7 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
       print(built.format_stats(json.load(f)))
     return final_dir
   if os.path.exists(final_dir):
-    raise FileExistsError(f"{final_dir} exists but holds no finished build; remove it first")
+    raise BuildInTheWay(f"{final_dir} exists but holds no finished build; remove it first")
   start = time.perf_counter()
   # Fail on layout errors before TFDS starts (and before the slow TensorFlow import).
   tracklets_per_split = check_layout(spec, manual_dir)
@@ -107,7 +113,7 @@ def build(dataset: str, manual_dir: str, data_dir: str) -> str:
       records = {
         s: dict(
           bytes=os.path.getsize(os.path.join(staged, s)),
-          sha256=built.file_sha256(os.path.join(staged, s)),
+          sha256=file_sha256(os.path.join(staged, s)),
         )
         for s in shards
       }
@@ -163,7 +169,9 @@ def verify(dataset: str, data_dir: str) -> None:
   root = built.finished_dir(data_dir, dataset)
   records = built.shard_records(root)
   if records is None:
-    raise ValueError(f"{root} was built by an earlier version, without checksums: rebuild it")
+    raise built.OutdatedBuild(
+      f"{root} was built by an earlier version, without checksums: rebuild it"
+    )
   problems = []
   for shard, record in records.items():
     path = os.path.join(root, shard)
@@ -171,7 +179,7 @@ def verify(dataset: str, data_dir: str) -> None:
       problems.append(f"{path} is missing")
       continue
     size = os.path.getsize(path)
-    if size == record["bytes"] and built.file_sha256(path) == record["sha256"]:
+    if size == record["bytes"] and file_sha256(path) == record["sha256"]:
       continue
     problem = f"{path}: " + (
       f"{size} bytes, the build wrote {record['bytes']}"
@@ -386,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       verify(args.dataset, args.data_dir)
     else:
       build(args.dataset, args.manual_dir, args.data_dir)
-  except (LayoutError, ValueError, FileNotFoundError) as e:
+  except UserError as e:
     raise SystemExit(f"error: {e}") from None
 
 

@@ -16,11 +16,12 @@ frame_start[i]:frame_start[i + 1] of the frame arrays); per frame `frame_numbers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
+
+from data_prep.errors import UserError
 
 ROLES = ("train", "query", "gallery")
 ROLE_TRAIN, ROLE_QUERY, ROLE_GALLERY = range(len(ROLES))
@@ -41,10 +42,18 @@ def is_built(data_dir: str, dataset: str) -> bool:
   return os.path.exists(os.path.join(dataset_dir(data_dir, dataset), FINISHED))
 
 
+class DatasetNotBuilt(UserError, FileNotFoundError):
+  """No finished build where one is needed; the message says how to build it."""
+
+
+class OutdatedBuild(UserError, ValueError):
+  """A build of an earlier version of the format; the message says to rebuild it."""
+
+
 def finished_dir(data_dir: str, dataset: str) -> str:
   """`<data_dir>/<dataset>`, checked to hold a finished build."""
   if not is_built(data_dir, dataset):
-    raise FileNotFoundError(
+    raise DatasetNotBuilt(
       f"no built dataset at {dataset_dir(data_dir, dataset)}; build it with `python -m "
       f"data_prep.build --dataset={dataset} --manual_dir=<download> --data_dir={data_dir}`"
     )
@@ -62,12 +71,12 @@ def load_index(data_dir: str, dataset: str, view: str) -> dict[str, np.ndarray]:
     index = dict(f)
   missing = [k for k in INDEX_KEYS if k not in index]
   if missing:
-    raise ValueError(f"{path}: no {missing} (written by another version? rebuild the dataset)")
+    raise OutdatedBuild(f"{path}: no {missing} (written by another version? rebuild the dataset)")
   check_shard_sizes(dataset_dir(data_dir, dataset), [str(s) for s in index["shards"]])
   return index
 
 
-class DamagedDataset(ValueError):
+class DamagedDataset(UserError, ValueError):
   """A built dataset's shard is missing, or not what the build wrote; the message names it."""
 
 
@@ -94,14 +103,6 @@ def check_shard_sizes(root: str, shards: list[str]) -> None:
         f"{path} {found}, the build wrote {records[shard]['bytes']}: the dataset is damaged "
         f"(python -m data_prep.build --verify names what; rebuild it to repair)"
       )
-
-
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 22):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def format_stats(stats: dict) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
+from data_prep.errors import UserError
 
-class LayoutError(ValueError):
+
+class LayoutError(UserError, ValueError):
   """The download does not have the expected layout; the message names the offending file."""
 
 
@@ -83,7 +85,13 @@ class Dataset:
       if protocol.name == name:
         return protocol
     names = [p.name for p in self.protocols]
-    raise ValueError(f"{self.name} has no protocol {name!r}; choose one of {names}")
+    raise ValueError(f"{name!r} is not a protocol of {self.name}; choose one of {names}")
+
+  def check_split_index(self, index: int) -> None:
+    """Raises ValueError unless `index` names a person split (datasets without any accept all,
+    since they ignore it)."""
+    if self.person_splits and not 0 <= index < self.person_splits:
+      raise ValueError(f"{self.name} has person splits 0..{self.person_splits - 1}, got {index}")
 
 
 def camera_pair_protocol(name: str, query_camera: str, gallery_camera: str) -> Protocol:

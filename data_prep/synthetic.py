@@ -34,8 +34,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.io
 from PIL import Image
+
+from data_prep.errors import FieldError
 
 # Well-separated clothing colours (RGB): a small network must tell every pair apart.
 _PALETTE = np.array(
@@ -264,6 +265,29 @@ def _junk_frames(camera: Camera, rng: np.random.Generator, length: int) -> list[
   return frames
 
 
+def check_settings(
+  *,
+  identities: int,
+  cameras: int,
+  min_len: int,
+  max_len: int,
+  distractors: int = 0,
+  test_identities: int | None = None,
+  **_,
+) -> None:
+  """Raises FieldError naming the `generate` argument of settings that cannot be drawn."""
+  test_identities = identities if test_identities is None else test_identities
+  if cameras < 2 or cameras > 9:
+    raise FieldError("cameras", f"must be in 2..9 (MARS names hold one digit), got {cameras}")
+  if min_len < 1 or max_len < min_len or max_len > 999:
+    raise FieldError("min_len", f"need 1 <= min_len <= max_len <= 999, got {min_len}, {max_len}")
+  most = len(_PALETTE) ** 2 * len(_PATTERNS)
+  if max(identities, test_identities, distractors) > most or identities + test_identities > 9999:
+    raise FieldError(
+      "identities", f"at most {most} distinct people per set and 9999 in all can be drawn"
+    )
+
+
 def generate(
   out: str,
   *,
@@ -295,13 +319,16 @@ def generate(
       jpeg_quality: JPEG quality of the written frames.
   """
   test_identities = identities if test_identities is None else test_identities
-  if cameras < 2 or cameras > 9:
-    raise ValueError(f"cameras must be in 2..9 (MARS names hold one digit), got {cameras}")
-  if min_len < 1 or max_len < min_len or max_len > 999:
-    raise ValueError(f"need 1 <= min_len <= max_len <= 999, got {min_len}, {max_len}")
-  most = len(_PALETTE) ** 2 * len(_PATTERNS)
-  if max(identities, test_identities, distractors) > most or identities + test_identities > 9999:
-    raise ValueError(f"at most {most} distinct people per set and 9999 in all can be drawn")
+  check_settings(
+    identities=identities,
+    test_identities=test_identities,
+    cameras=cameras,
+    min_len=min_len,
+    max_len=max_len,
+    distractors=distractors,
+  )
+  import scipy.io
+
   if os.path.exists(os.path.join(out, "info", "tracks_test_info.mat")):
     raise FileExistsError(f"{out} already holds a dataset; choose another --out")
 

@@ -1,29 +1,32 @@
 """The configuration every run starts from, and the checks that reject impossible ones.
 
 `configs/*.py` start from `default_config()` and change what their dataset needs; any field can
-be overridden on the command line (`--config.data.P=16`). `validate` runs before any work, so a
-bad value fails in a second with the field's name instead of minutes later in a traceback.
+be overridden on the command line (`--config.data.P=16`). `validate` runs once, in
+`reid_jax.modes.run_mode`, before any mode starts, so a bad value fails in a second with the
+field's name instead of minutes later in a traceback. Each value is checked by what owns it (the
+network's `Architecture`, the learning-rate schedule, the dataset, the distances, the export);
+`validate` builds those owners and relabels their errors with the config field's full name, and
+checks itself only what no owner sees (fields that must agree with each other or the devices).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import ml_collections
 
 from data_prep import datasets
-from reid_jax import optim
-from reid_jax.distances import METRICS
-from reid_jax.models import MODEL_NAMES, VARIANTS, Architecture
-from reid_jax.models.nonlocal_block import ATTENTION_IMPLS
-
-MODES = ("train", "eval", "extract", "embed", "search", "calibrate", "export")
+from data_prep.errors import FieldError, UserError
+from reid_jax import distances, modes
+from reid_jax.models import architecture
+from reid_jax.schedule import LearningRateSchedule
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The paper's settings on MARS (section 4.2)."""
   c = ml_collections.ConfigDict()
-  c.mode = "train"  # train | eval | extract
+  c.mode = "train"  # a name of reid_jax.modes.MODES (`python -m reid_jax.main --help` lists them)
   c.seed = 0
 
   c.dataset = ml_collections.ConfigDict()
@@ -75,7 +78,25 @@ def default_config() -> ml_collections.ConfigDict:
     dict(label_smoothing=0.1, triplet_margin=0.3, triplet_metric="euclidean", triplet_weight=1.0)
   )
 
-  c.optim = optim.default_config()
+  # Adam with PyTorch-style (coupled) weight decay and the paper's schedule (reid_jax.optim,
+  # reid_jax.schedule).
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      base_lr=3e-4,
+      weight_decay=5e-4,
+      # False leaves 1-D parameters (BatchNorm scales, biases) undecayed; PyTorch's Adam
+      # decays every parameter, hence True.
+      decay_norm_and_bias=True,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      decay_start_epoch=150,
+      total_epochs=300,
+      final_factor=0.001,
+      # Global-norm gradient clipping threshold; 0 disables it.
+      grad_clip_norm=0.0,
+    )
+  )
 
   c.train = ml_collections.ConfigDict()
   c.train.log_every_steps = 10
@@ -172,23 +193,27 @@ def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
 MODEL_RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "dropout_rate", "bottleneck_dim")
 
 
+class NetworkMismatch(UserError, ValueError):
+  """The config builds another network than a checkpoint holds; the message names the field."""
+
+
 def check_same_network(
   config, saved_config_json: str, source: str, *, may_differ: tuple[str, ...] = ()
 ) -> None:
-  """Raises naming the first `config.model` field that differs from the saved run's, other
-  than those that only change how it runs (and the head) and `may_differ`."""
+  """Raises NetworkMismatch naming the first `config.model` field that differs from the saved
+  run's, other than those that only change how it runs (and the head) and `may_differ`."""
   saved = json.loads(saved_config_json)["model"]
+  if saved.get("name") != config.model.name:
+    raise NetworkMismatch(
+      f"config.model.name is {config.model.name!r}, but {source} holds {saved.get('name')!r}"
+    )
   for field, value in model_overrides(config).items():
     if field in MODEL_RUNTIME_FIELDS + may_differ or field not in saved:
       continue
     if (list(value) if isinstance(value, tuple) else value) != saved[field]:
-      raise ValueError(
+      raise NetworkMismatch(
         f"config.model.{field} is {value!r}, but {source} was trained with {saved[field]!r}"
       )
-  if saved.get("name") != config.model.name:
-    raise ValueError(
-      f"config.model.name is {config.model.name!r}, but {source} holds {saved.get('name')!r}"
-    )
 
 
 def model_overrides(config) -> dict:
@@ -198,6 +223,11 @@ def model_overrides(config) -> dict:
     for k, v in config.model.items()
     if k != "name"
   }
+
+
+def data_dir(config, workdir: str) -> str:
+  """Where the config's built datasets live: `dataset.data_dir`, default `<workdir>/data`."""
+  return config.dataset.data_dir or os.path.join(workdir, "data")
 
 
 def train_batch_size(config) -> int:
@@ -210,7 +240,7 @@ def protocol(config) -> str:
   return config.eval.protocol or datasets.get(config.dataset.name).default_protocol.name
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """An impossible setting; the message names the field."""
 
 
@@ -219,46 +249,35 @@ def _check(ok: bool, field: str, message: str):
     raise ConfigError(f"config.{field}: {message}")
 
 
+def _owned(field: str, make, *, section_of=None):
+  """`make()`, its errors relabelled with the config field: a FieldError of field `f` becomes
+  `config.<section>.<f>` (`section_of(f)`, default `field`), any other ValueError
+  `config.<field>`."""
+  try:
+    return make()
+  except FieldError as e:
+    section = section_of(e.field) if section_of else field
+    raise ConfigError(f"config.{section}.{e.field}: {e.message}") from None
+  except ValueError as e:
+    raise ConfigError(f"config.{field}: {e}") from None
+
+
 def validate(config, *, num_devices: int) -> None:
-  """Raises ValueError naming the field of the first impossible setting."""
-  _check(config.mode in MODES, "mode", f"{config.mode!r} is not one of {MODES}")
-  _check(
-    config.mode != "embed" or bool(config.embed.input),
-    "embed.input",
-    "embed mode needs the footage: a folder of tracklets or videos, or one video",
-  )
-  _check(config.embed.min_length >= 1, "embed.min_length", "must be >= 1")
-  _check(config.search.top_k >= 1, "search.top_k", "must be >= 1")
-  _check(
-    0 < config.calibrate.false_match_rate < 1,
-    "calibrate.false_match_rate",
-    f"must lie in (0, 1), got {config.calibrate.false_match_rate}",
-  )
-  _check(
-    config.dataset.name in datasets.NAMES,
-    "dataset.name",
-    f"{config.dataset.name!r} is not one of {datasets.NAMES}",
-  )
-  dataset = datasets.get(config.dataset.name)
-  _check(
-    config.model.name in MODEL_NAMES,
-    "model.name",
-    f"unknown model {config.model.name!r}; choose one of {MODEL_NAMES}",
-  )
-  arch_fields = {f for f in Architecture.__dataclass_fields__}
-  unknown = sorted(set(config.model.keys()) - arch_fields - {"name"})
-  _check(not unknown, "model", f"unknown field(s) {unknown}")
+  """Raises ConfigError naming the field of the first impossible setting."""
+  _check(config.mode in modes.MODES, "mode", f"{config.mode!r} is not one of {modes.NAMES}")
+
+  # The network and the clips it is fed.
+  arch = _owned("model", lambda: architecture(config.model.name, **model_overrides(config)))
   d = config.data
-  for field in (
-    "P",
-    "K",
-    "num_frames",
-    "stride",
-    "height",
-    "width",
-    "eval_batch_size",
-  ):
+  for field in ("P", "K", "num_frames", "stride", "height", "width", "eval_batch_size"):
     _check(int(d[field]) >= 1, f"data.{field}", f"must be a positive integer, got {d[field]}")
+  _owned(
+    "data",
+    lambda: arch.check_clip(d.num_frames, d.height, d.width),
+    section_of=lambda f: "data" if f in ("num_frames", "height", "width") else "model",
+  )
+
+  # The batches over the devices.
   _check(
     d.K >= 2 or config.loss.triplet_weight == 0,
     "data.K",
@@ -274,44 +293,23 @@ def validate(config, *, num_devices: int) -> None:
     "data.eval_batch_size",
     f"{d.eval_batch_size} does not divide over {num_devices} devices",
   )
-  _check(
-    config.model.dtype in ("float32", "bfloat16", "float16"),
-    "model.dtype",
-    f"{config.model.dtype!r} is not float32, bfloat16 or float16",
-  )
-  if config.model.name != "resnet50_tp":
-    _check(
-      d.num_frames % 2 == 0,
-      "data.num_frames",
-      f"the 3D models halve T after res2, so it must be even, got {d.num_frames}",
+
+  # The dataset (and the synthetic one to generate), its protocol and person split.
+  dataset = _owned("dataset.name", lambda: datasets.get(config.dataset.name))
+  if config.dataset.synthetic.identities:
+    from data_prep import synthetic
+
+    _owned(
+      "dataset.synthetic",
+      lambda: synthetic.check_settings(**config.dataset.synthetic.to_dict()),
     )
-  protocols = [p.name for p in dataset.protocols]
-  _check(
-    protocol(config) in protocols,
-    "eval.protocol",
-    f"{protocol(config)!r} is not a protocol of {dataset.name}; choose one of {protocols}",
-  )
-  _check(
-    not dataset.person_splits or 0 <= config.dataset.split_index < dataset.person_splits,
-    "dataset.split_index",
-    f"{dataset.name} has person splits 0..{dataset.person_splits - 1}, "
-    f"got {config.dataset.split_index}",
-  )
-  _check(
-    config.eval.metric in METRICS,
-    "eval.metric",
-    f"{config.eval.metric!r} is not one of {METRICS}",
-  )
-  _check(
-    config.loss.triplet_metric in METRICS,
-    "loss.triplet_metric",
-    f"{config.loss.triplet_metric!r} is not one of {METRICS}",
-  )
-  _check(
-    config.model.attention_impl in ATTENTION_IMPLS,
-    "model.attention_impl",
-    f"{config.model.attention_impl!r} is not one of {ATTENTION_IMPLS}",
-  )
+  _owned("eval.protocol", lambda: dataset.protocol(protocol(config)))
+  _owned("dataset.split_index", lambda: dataset.check_split_index(config.dataset.split_index))
+  for field in ("eval.metric", "loss.triplet_metric"):
+    section, name = field.split(".")
+    _owned(field, lambda: distances.check_metric(config[section][name]))
+
+  # Initial weights and the optimiser's schedule.
   _check(
     config.init.temporal_init in ("mean", "center"),
     "init.temporal_init",
@@ -323,41 +321,24 @@ def validate(config, *, num_devices: int) -> None:
     sources[-1] if sources else "init",
     f"at most one initialisation, got {' and '.join(sources)}",
   )
-  _check(
-    config.model.stem_pool_padding in (0, 1),
-    "model.stem_pool_padding",
-    f"must be 0 or 1, got {config.model.stem_pool_padding}",
-  )
-  arch = Architecture(**{**VARIANTS[config.model.name], **model_overrides(config)})
-  depths = tuple(arch.stage_depths)
-  _check(
-    len(depths) == 4 and all(isinstance(n, int) and n >= 1 for n in depths),
-    "model.stage_depths",
-    f"the network has 4 stages (res2..res5) of at least one block each, got {depths}",
-  )
-  for stage in arch.nonlocal_stages:
-    _check(
-      0 <= stage < len(depths) and depths[stage] >= 2,
-      "model.nonlocal_stages",
-      f"stage {stage} cannot hold non-local blocks (they follow blocks 1, 3, ... of a stage): "
-      f"stage_depths is {depths}",
-    )
-  if arch.nonlocal_pool:
-    sizes = arch.feature_map_sizes(d.height, d.width)
-    for stage in arch.nonlocal_stages:
-      if stage < len(sizes):
-        _check(
-          min(sizes[stage]) >= 2,
-          "model.nonlocal_pool",
-          f"{d.height}x{d.width} clips give a {sizes[stage][0]}x{sizes[stage][1]} map in "
-          f"res{stage + 2}, too small to pool keys by 1x2x2: larger data.height/width, or "
-          f"nonlocal_pool=False",
-        )
-  o = config.optim
-  _check(
-    0 <= o.decay_start_epoch < o.total_epochs,
-    "optim.decay_start_epoch",
-    f"need 0 <= decay_start_epoch ({o.decay_start_epoch}) < total_epochs ({o.total_epochs})",
-  )
+  _owned("optim", lambda: LearningRateSchedule.from_config(config.optim))
   _check(config.train.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
+  _check(config.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
   _check(config.train.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+
+  # The footage, search, calibration and export modes.
+  _check(
+    config.mode != "embed" or bool(config.embed.input),
+    "embed.input",
+    "embed mode needs the footage: a folder of tracklets or videos, or one video",
+  )
+  _check(config.embed.min_length >= 1, "embed.min_length", "must be >= 1")
+  _check(config.search.top_k >= 1, "search.top_k", f"must be >= 1, got {config.search.top_k}")
+  _check(
+    0 < config.calibrate.false_match_rate < 1,
+    "calibrate.false_match_rate",
+    f"must lie in (0, 1), got {config.calibrate.false_match_rate}",
+  )
+  from reid_jax import export  # deferred: the registry of platforms, nothing is exported
+
+  _owned("export.platforms", lambda: export.platforms_of(config.export.platforms))

@@ -1,5 +1,5 @@
 """Pairwise distances between feature sets: the one implementation that training (the triplet
-loss), evaluation (ranking, re-ranking, the report) and its memory budget share."""
+loss), evaluation (ranking, re-ranking, calibration) and retrieval (`reid_jax.retrieval`) share."""
 
 import functools
 
@@ -7,12 +7,15 @@ import jax
 import jax.numpy as jnp
 
 METRICS = ("euclidean", "cosine")
-# Memory for one block of a blocked distance computation and its same-sized temporaries: the
-# default of ranking and re-ranking, which split queries into blocks that fit it.
-BLOCK_BYTES = 256 * 2**20
 # Floor on norms and on squared distances before a square root (sqrt has an infinite derivative
 # at 0, and an anchor with itself is at exactly 0). The PyTorch re-id codebases' constant.
 _EPSILON = 1e-12
+
+
+def check_metric(metric: str) -> None:
+  """Raises ValueError unless `metric` is one of METRICS."""
+  if metric not in METRICS:
+    raise ValueError(f"{metric!r} is not one of {METRICS}")
 
 
 def pairwise_distances(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:
@@ -22,8 +25,7 @@ def pairwise_distances(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:
   Squared Euclidean ranks as Euclidean does and is what k-reciprocal re-ranking is defined on;
   `euclidean_distances` is the metric itself.
   """
-  if metric not in METRICS:
-    raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+  check_metric(metric)
   # HIGHEST: on GPU/TPU the default matmul precision rounds inputs to bf16, which reorders
   # near neighbours, and |a|^2 + |b|^2 - 2ab cancels badly for near points.
   dot = functools.partial(jnp.einsum, "...nd,...md->...nm", precision=jax.lax.Precision.HIGHEST)

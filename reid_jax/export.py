@@ -11,8 +11,8 @@
 
 The input normalisation the model was trained with is inside both, so a caller feeds the decoded
 frames as they are (resized to H x W) and cannot feed the wrong preprocessing. The weights are
-constants of the program. The folder is written under a temporary name and renamed when
-complete.
+constants of the program (`InferenceModel.serving_function`). The folder is written under a
+temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -20,39 +20,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from data_prep.errors import UserError
+from data_prep.files import atomic_directory
 
 log = logging.getLogger("reid_jax")
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def feature_function(setup):
-  """`clips uint8 [b, T, H, W, 3] -> float32 [b, D]`: the model of `setup` in evaluation mode,
-  its input normalisation and weights (as host constants) inside."""
-  from reid_jax import state as state_lib
-
-  graphdef, normalization = setup.graphdef, setup.normalization
-  state = jax.device_get(setup.state)
-
-  def features(clips):
-    model, _, inputs = state_lib.bind(graphdef, normalization, state, clips, train=False)
-    return model(inputs)["features"].astype(jnp.float32)
-
-  return features
+class ExportExists(UserError, FileExistsError):
+  """The export folder of this step exists already."""
 
 
-def platforms_of(config) -> tuple[str, ...]:
-  platforms = tuple(p.strip() for p in config.export.platforms.split(",") if p.strip())
+def platforms_of(text: str) -> tuple[str, ...]:
+  """The platforms of `config.export.platforms` (comma separated); ValueError naming the
+  unknown ones."""
+  platforms = tuple(p.strip() for p in text.split(",") if p.strip())
   unknown = [p for p in platforms if p not in PLATFORMS]
   if not platforms or unknown:
-    raise ValueError(
-      f"config.export.platforms: {config.export.platforms!r}; choose from {', '.join(PLATFORMS)}"
-    )
+    raise ValueError(f"{text!r}; choose from {', '.join(PLATFORMS)}")
   return platforms
 
 
@@ -87,18 +78,18 @@ def export_saved_model(fn, clip_shape, platforms, path: str) -> None:
   )
 
 
-def serving_info(config, setup, step: int, dim: int, workdir: str) -> dict:
+def serving_info(config, model, dim: int, calibration: dict | None) -> dict:
   d = config.data
   info = {
     "model": config.model.name,
-    "step": step,
+    "step": model.step,
     "input": {
       "name": "clips",
       "shape": ["batch", d.num_frames, d.height, d.width, 3],
       "dtype": "uint8",
       "channels": "RGB",
       "values": "0..255, decoded frames resized to height x width (bilinear); the model's "
-      f"normalisation ({setup.normalization}) is applied inside",
+      f"normalisation ({model.normalization}) is applied inside",
     },
     "output": {"name": "features", "shape": ["batch", dim], "dtype": "float32"},
     "frames_per_clip": d.num_frames,
@@ -107,45 +98,37 @@ def serving_info(config, setup, step: int, dim: int, workdir: str) -> dict:
     "in order",
     "metric": config.eval.metric,
   }
-  threshold_path = os.path.join(workdir, "threshold.json")
-  if os.path.isfile(threshold_path):
-    with open(threshold_path) as f:
-      calibration = json.load(f)
-    if calibration.get("metric") == config.eval.metric:
-      info["threshold"] = calibration
+  if calibration is not None:
+    info["threshold"] = {k: v for k, v in calibration.items() if k != "path"}
   return info
 
 
-def export(config, workdir: str) -> str:
-  """`export` mode: restores the checkpoint as `embed` does and writes
-  `<workdir>/export/step_<N>/`; returns that folder."""
-  from reid_jax import config as config_lib
-  from reid_jax import state as state_lib
+def run(config, workdir: str) -> str:
+  """`export` mode: restores the checkpoint and writes `<workdir>/export/step_<N>/`; returns
+  that folder."""
+  from reid_jax.evaluation.calibrate import read_threshold
+  from reid_jax.inference import model as model_lib
 
-  config_lib.validate(config, num_devices=jax.device_count())
-  platforms = platforms_of(config)
-  setup, step = state_lib.restore_model(config, workdir)
-  final = os.path.join(workdir, "export", f"step_{step}")
+  platforms = platforms_of(config.export.platforms)
+  checkpoint = model_lib.find_checkpoint(config, workdir)
+  final = os.path.join(workdir, "export", f"step_{checkpoint.step}")
   if os.path.exists(final):
-    raise FileExistsError(f"{final} exists; remove it to export step {step} again")
+    raise ExportExists(f"{final} exists; remove it to export step {checkpoint.step} again")
+  calibration = read_threshold(workdir, config.eval.metric)
+  model = model_lib.restore(config, workdir, checkpoint=checkpoint)
   d = config.data
   clip_shape = (d.num_frames, d.height, d.width, 3)
-  fn = feature_function(setup)
+  fn = model.serving_function()
   dim = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *clip_shape), jnp.uint8)).shape[-1]
   if jax.process_index() != 0:
     return final
-  tmp = os.path.join(workdir, "export", f".step_{step}.tmp-{os.getpid()}")
-  os.makedirs(tmp)
-  try:
+  with atomic_directory(final) as tmp:
     with open(os.path.join(tmp, "features.jax_export"), "wb") as f:
       f.write(export_jax(fn, clip_shape, platforms))
     export_saved_model(fn, clip_shape, platforms, os.path.join(tmp, "saved_model"))
     with open(os.path.join(tmp, "serving.json"), "w") as f:
-      json.dump(serving_info(config, setup, step, int(dim), workdir), f, indent=1)
-    os.rename(tmp, final)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  log.info("Exported step %d (%s) to %s", step, ", ".join(platforms), final)
+      json.dump(serving_info(config, model, int(dim), calibration), f, indent=1)
+  log.info("Exported step %d (%s) to %s", model.step, ", ".join(platforms), final)
   return final
 
 

@@ -1,17 +1,18 @@
-r"""Trains, evaluates or extracts features with the paper's model.
+r"""Trains, evaluates, and runs trained models on datasets and footage.
 
     python -m reid_jax.main --config=configs/mars.py --workdir=/tmp/mars [--config.field=value]
 
-Without `--config` the synthetic demo (`configs/synthetic.py`) runs. `--config.mode` picks
-`train` (the default; resumes from `--workdir` if it holds checkpoints), `eval` (restores
-`--config.eval.step`, default the latest, writes metrics.json and pictures), `extract` (writes
-per-tracklet features to `<workdir>/features_step<N>.npz`) or `embed` (one feature per tracklet
-of your own footage, `--config.embed.input=PATH`, to `<workdir>/embeddings.npz`). Multi-process runs start through
-`launch.sh`, which passes `--coordinator_address`, `--num_processes` and `--process_id` (or
-`--distributed` where JAX finds them itself: SLURM, Cloud TPU).
+Without `--config` the synthetic demo (`configs/synthetic.py`) runs. `--config.mode` picks one
+of the modes (`reid_jax.modes`):
+
+{modes}
+
+Multi-process runs start through `launch.sh`, which passes `--coordinator_address`,
+`--num_processes` and `--process_id` (or `--distributed` where JAX finds them itself: SLURM,
+Cloud TPU). An error the user can act on (`reid_jax.errors.UserError`) is one line,
+`error: ...`, and exit status 1; a preempted training run exits with status 75.
 """
 
-import contextlib
 import logging as std_logging
 import os
 import sys
@@ -19,6 +20,10 @@ import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from reid_jax import modes
+
+__doc__ = __doc__.format(modes=modes.describe(indent="    "))
 
 
 def _default_config() -> str:
@@ -137,12 +142,9 @@ def main(argv):
   run_log.propagate = False
 
   _import_tensorflow_quietly()
-  # These import TensorFlow and the JAX models: after initialisation.
-  from reid_jax import config as config_lib
-  from reid_jax import workdir_lock
+  from data_prep.errors import UserError
 
-  config = flags.FLAGS.config
-  workdir = flags.FLAGS.workdir
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   run_log.info(
     "Mode %s, workdir %s, %d devices (%s) over %d processes",
     config.mode,
@@ -151,66 +153,10 @@ def main(argv):
     jax.devices()[0].platform,
     jax.process_count(),
   )
-  if config.mode not in config_lib.MODES:
-    raise app.UsageError(f"config.mode {config.mode!r} is not one of {config_lib.MODES}")
-  # One run per workdir: process 0 holds the lock until it ends, however it ends.
-  lock = workdir_lock.WorkdirLock(workdir, config.mode) if jax.process_index() == 0 else None
-  from data_prep.built import DamagedDataset
-  from data_prep.dataset import LayoutError
-  from reid_jax import state as state_lib
-  from reid_jax.checkpoint import CheckpointDamaged
-  from reid_jax.footage.sources import FootageError
-
-  # What a user can act on is one line; anything else keeps its traceback.
-  user_errors = (
-    workdir_lock.WorkdirLocked,
-    config_lib.ConfigError,
-    CheckpointDamaged,
-    FootageError,
-    LayoutError,
-    DamagedDataset,
-    state_lib.MissingCheckpoint,
-  )
   try:
-    with lock or contextlib.nullcontext():
-      _run_mode(config, workdir)
-  except user_errors as e:
+    modes.run_mode(config, workdir)
+  except UserError as e:
     raise SystemExit(f"error: {e}") from None
-
-
-def _run_mode(config, workdir: str) -> None:
-  from reid_jax import train
-  from reid_jax.evaluation import runner
-
-  if config.mode == "train":
-    result = train.train_and_evaluate(config, workdir)
-    if "preempted_at_step" in result:
-      std_logging.getLogger("reid_jax").warning(
-        "Preempted: exiting with status %d; the same command resumes from step %d.",
-        train.PREEMPTED_EXIT_STATUS,
-        result["preempted_at_step"],
-      )
-      raise SystemExit(train.PREEMPTED_EXIT_STATUS)
-  elif config.mode == "eval":
-    runner.evaluate_checkpoint(config, workdir)
-  elif config.mode == "extract":
-    runner.extract(config, workdir)
-  elif config.mode == "embed":
-    from reid_jax.footage import embed
-
-    embed.embed(config, workdir)
-  elif config.mode == "search":
-    from reid_jax.footage import search
-
-    search.search(config, workdir)
-  elif config.mode == "export":
-    from reid_jax import export
-
-    export.export(config, workdir)
-  elif config.mode == "calibrate":
-    from reid_jax.footage import calibrate
-
-    calibrate.calibrate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import jax
 from clu import metric_writers
 from clu.metric_writers import interface
 
+from data_prep.files import atomic_write
+
 
 class JsonLinesWriter(interface.MetricWriter):
   """Scalars, texts and hyperparameters as JSON lines; arrays (images, videos, audio,
@@ -28,9 +30,8 @@ class JsonLinesWriter(interface.MetricWriter):
         lines = f.readlines()
       kept = [line for line in lines if _step(line) <= keep_through_step]
       if len(kept) < len(lines) or (kept and not kept[-1].endswith("\n")):
-        with open(path + ".tmp", "w") as f:
+        with atomic_write(path) as f:
           f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
-        os.replace(path + ".tmp", path)
     self._file = open(path, "a")
 
   def _write(self, record: Mapping[str, Any]) -> None:

@@ -1,202 +1,131 @@
-"""The mesh, the model and optimiser state sharded over it, and the model applied to clips.
+"""The training state: model and optimiser, replicated over the mesh, from the initial weights or
+from the checkpoint a resumed run continues.
 
-Every mode (train, eval, extract) starts here: `setup_for` prepares the dataset and builds a
-`Setup` (mesh, model graph, replicated state, the input normalisation its weights expect);
-`restore_for_eval` fills it from a checkpoint. The batch is sharded over a one-axis `data`
-mesh of every device of every process and the parameters are replicated, so XLA inserts the
-cross-device reductions (BatchNorm statistics and triplet mining see the whole global batch).
+`start` makes the state a training run begins with, and the `TrainSetup` it is used under (the
+graph, the mesh, the input normalisation its weights expect), fixed before anything is compiled
+against it. The batch is sharded over the one-axis `data` mesh of every device of every process
+and the parameters are replicated (`reid_jax.sharding`), so XLA inserts the cross-device
+reductions (BatchNorm statistics and triplet mining see the whole global batch). Inference never
+comes here: it restores the model part of a checkpoint alone (`reid_jax.inference.model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
 import jax
-import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
-from reid_jax import checkpoint as checkpoint_lib
+from data_prep.errors import UserError
 from reid_jax import config as config_lib
-from reid_jax import data as data_lib
-from reid_jax import optim
-from reid_jax.data.prepare import prepare_dataset
-from reid_jax.models import (
-  create_model,
-  kinetics_weights,
-  load_kinetics_i3d,
-  load_torchvision_resnet50,
-  torchvision_weights,
-)
+from reid_jax import optim, sharding
+from reid_jax.checkpoints import CheckpointMismatch, CheckpointReader, MissingCheckpoint
+from reid_jax.data import normalize_clips
+from reid_jax.models import create_model, load_kinetics_i3d, load_torchvision_resnet50
+
+log = logging.getLogger("reid_jax")
 
 
-@dataclasses.dataclass
-class Setup:
-  """What every mode needs: the mesh, the model graph and its sharded state."""
+class MissingInitWeights(UserError, FileNotFoundError):
+  """A `config.init` file or folder that is not there; the message says where the paper's are."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """What a training run's compiled functions are built against."""
 
   mesh: jax.sharding.Mesh
-  graphdef: Any
-  state: Any  # nnx.State of (model, optimizer)
+  graphdef: Any  # of (model, optimizer)
   normalization: str  # the input statistics the weights expect (data/normalize.py)
-  replicated: NamedSharding
-  batch_sharding: NamedSharding
   num_classes: int
   steps_per_epoch: int
 
+  @property
+  def replicated(self):
+    return sharding.replicated(self.mesh)
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A one-axis `data` mesh of `devices` (default: every device of every process)."""
-  count = len(devices) if devices is not None else jax.device_count()
-  return jax.make_mesh(
-    (count,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-  )
+  @property
+  def batch_sharding(self):
+    return sharding.batch_sharded(self.mesh)
 
 
-def build_state(
-  config,
-  *,
-  num_classes: int,
-  steps_per_epoch: int,
-  mesh,
-  abstract: bool = False,
-  init_weights: bool = True,
-) -> Setup:
-  """Creates model and optimiser and replicates them over the mesh.
-
-  With `init_weights` the model starts from `config.init` (Kinetics I3D, a 2D ResNet-50 or a
-  checkpoint to fine-tune); without, from random weights that a restore will replace, so the
-  init file need not exist any more. `abstract=True` gives the state's shapes, dtypes and
-  shardings only: nothing is allocated and no weights are loaded, for compiling ahead of time
-  (bench/memory.py).
-  """
-
-  def new_model():
-    return create_model(
+def _model_and_optimizer(config, num_classes: int, steps_per_epoch: int, model=None):
+  if model is None:
+    model = create_model(
       config.model.name,
       num_classes=num_classes,
       rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
       **config_lib.model_overrides(config),
     )
+  return model, nnx.Optimizer(
+    model, optim.make_optimizer(config.optim, steps_per_epoch), wrt=nnx.Param
+  )
 
-  def with_optimizer(model):
-    return model, nnx.Optimizer(
-      model, optim.make_optimizer(config.optim, steps_per_epoch), wrt=nnx.Param
-    )
 
-  replicated = NamedSharding(mesh, PartitionSpec())
-  normalization = ""  # set by the initial weights, or by the checkpoint a restore reads
-  if abstract:
-    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: with_optimizer(new_model())))
-    state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
-    )
-  else:
-    model = new_model()
-    if init_weights:
-      normalization = load_initial_weights(model, config)
-    graphdef, state = nnx.split(with_optimizer(model))
-    state = replicate(state, replicated)
-  return Setup(
-    mesh=mesh,
-    graphdef=graphdef,
-    state=state,
-    normalization=normalization,
-    replicated=replicated,
-    batch_sharding=NamedSharding(mesh, PartitionSpec("data")),
+def abstract_state(config, *, num_classes: int, steps_per_epoch: int, mesh):
+  """`(graphdef, state)` with `jax.ShapeDtypeStruct` leaves carrying the replicated sharding:
+  nothing is allocated and no weights are loaded (restore targets, ahead-of-time compiles)."""
+  graphdef, shapes = nnx.split(
+    nnx.eval_shape(lambda: _model_and_optimizer(config, num_classes, steps_per_epoch))
+  )
+  replicated = sharding.replicated(mesh)
+  return graphdef, jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
+  )
+
+
+def build_state(
+  config, *, num_classes: int, steps_per_epoch: int, mesh, init_weights: bool = True
+) -> tuple[TrainSetup, Any]:
+  """`(setup, state)`: model and optimiser from `config.init` (`init_weights`) or from random
+  weights, replicated over `mesh`."""
+  model = create_model(
+    config.model.name,
     num_classes=num_classes,
-    steps_per_epoch=steps_per_epoch,
+    rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+    **config_lib.model_overrides(config),
   )
+  normalization = load_initial_weights(model, config) if init_weights else "imagenet"
+  graphdef, state = nnx.split(_model_and_optimizer(config, num_classes, steps_per_epoch, model))
+  setup = TrainSetup(mesh, graphdef, normalization, num_classes, steps_per_epoch)
+  return setup, sharding.replicate(state, setup.replicated)
 
 
-def load_initial_weights(model, config) -> str:
-  """Loads `config.init` (at most one source) into `model` and returns the input normalisation
-  those weights were trained with; a model trained from scratch uses ImageNet's, like every 2D
-  initialisation."""
-  init = config.init
-  if init.kinetics_i3d:
-    load_kinetics_i3d(model, init.kinetics_i3d)
-    return kinetics_weights.NORMALIZATION
-  if init.checkpoint:
-    meta = checkpoint_lib.latest_meta(init.checkpoint)
-    if meta is None:
-      raise FileNotFoundError(f"config.init.checkpoint: no checkpoint in {init.checkpoint}")
-    # A fine-tuned re-id model may change its last stride; the rest is the network the weights
-    # were trained in.
-    config_lib.check_same_network(
-      config, meta["config"], f"the checkpoint in {init.checkpoint}", may_differ=("last_stride",)
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """Where a training run starts: its setup, state and step, and the checkpoint steps found
+  damaged on the way (to be saved anew)."""
+
+  setup: TrainSetup
+  state: Any
+  step: int
+  damaged_steps: tuple[int, ...] = ()
+
+
+def start(config, checkpoint_dir: str, *, num_classes: int, steps_per_epoch: int, mesh) -> Start:
+  """The state of the newest intact checkpoint in `checkpoint_dir` (a resumed run, with the
+  normalisation it trained with), else the initial weights of `config.init`."""
+  with CheckpointReader(checkpoint_dir) as reader:
+    if not reader.steps():
+      setup, state = build_state(
+        config, num_classes=num_classes, steps_per_epoch=steps_per_epoch, mesh=mesh
+      )
+      log.info("Input normalisation: %s (follows the initial weights)", setup.normalization)
+      return Start(setup, state, 0)
+    step = reader.resolve()
+    meta = reader.meta(step)
+    config_lib.check_same_network(config, meta["config"], f"the checkpoint in {checkpoint_dir}")
+    graphdef, target = abstract_state(
+      config, num_classes=num_classes, steps_per_epoch=steps_per_epoch, mesh=mesh
     )
-    checkpoint_lib.load_params_for_finetuning(model, init.checkpoint, skip=("head", "classifier"))
-    return meta["normalization"]
-  if init.torchvision_resnet50:
-    load_torchvision_resnet50(model, init.torchvision_resnet50, temporal_init=init.temporal_init)
-  return torchvision_weights.NORMALIZATION
-
-
-def replicate(tree, sharding: NamedSharding):
-  """Host values, identical on every process, -> global arrays replicated over the mesh.
-
-  (`jax.device_put` only reaches this process's devices when there are several processes.)
-  """
-
-  def put(x):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-    value = np.asarray(x)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-  return jax.tree.map(put, tree)
-
-
-def abstract_like(state):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
-
-def global_batch(local: dict, sharding: NamedSharding) -> dict:
-  """Each process's rows -> one global array per key, sharded over `data`."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def bind(graphdef, normalization: str, state, clips, *, train: bool):
-  """`(model, optimizer, inputs)`: the model of `state` in training or evaluation mode, and the
-  uint8 clips `[b, T, H, W, 3]` normalised as its weights expect. For jitted functions."""
-  model, optimizer = nnx.merge(graphdef, state)
-  if train:
-    model.train()
-  else:
-    model.eval()
-  return model, optimizer, data_lib.normalize_clips(clips, normalization)
-
-
-def make_feature_fn(setup: Setup):
-  """`(state, clips uint8 [b, T, H, W, 3] global) -> features [b, D]` in evaluation mode."""
-  graphdef, normalization = setup.graphdef, setup.normalization
-
-  def features(state, clips):
-    model, _, inputs = bind(graphdef, normalization, state, clips, train=False)
-    return model(inputs)["features"]
-
-  return jax.jit(
-    features,
-    in_shardings=(setup.replicated, setup.batch_sharding),
-    out_shardings=setup.batch_sharding,
-  )
-
-
-def setup_for(config, workdir, *, init_weights: bool):
-  data_dir = prepare_dataset(config, workdir)
-  info = data_lib.train_info(data_dir, config.dataset.name, split_index=config.dataset.split_index)
-  steps = data_lib.steps_per_epoch(info["num_identities"], config.data.P)
-  mesh = make_mesh()
-  setup = build_state(
-    config,
-    num_classes=info["num_classes"],
-    steps_per_epoch=steps,
-    mesh=mesh,
-    init_weights=init_weights,
-  )
-  return data_dir, setup
+    state = reader.restore(step, target=target, model_name=config.model.name)
+    damaged = tuple(reader.damaged_steps)
+  setup = TrainSetup(mesh, graphdef, meta["normalization"], num_classes, steps_per_epoch)
+  log.info("Resumed from %s at step %d", checkpoint_dir, int(meta["step"]))
+  return Start(setup, state, int(meta["step"]), damaged)
 
 
 def check_init_files(config) -> None:
@@ -204,89 +133,114 @@ def check_init_files(config) -> None:
   for field in config_lib.INIT_SOURCES:
     path = config.init[field]
     if path and not os.path.exists(path):
-      raise FileNotFoundError(
+      raise MissingInitWeights(
         f"config.init.{field}: {path} does not exist{config_lib.INIT_DOWNLOADS.get(field, '')}"
       )
 
 
-def checked_normalization(config, meta: dict, directory) -> str:
-  """The restored run's input normalisation, after checking that `config` builds the network
-  it trained (a shape-preserving difference, e.g. the stem pool's padding, would otherwise
-  go unnoticed)."""
-  config_lib.check_same_network(config, meta["config"], f"the checkpoint in {directory}")
-  return meta["normalization"]
+def load_initial_weights(model, config) -> str:
+  """Loads `config.init` (at most one source) into `model` and returns the input normalisation
+  those weights were trained with; a model trained from scratch uses ImageNet's, like every 2D
+  initialisation."""
+  from reid_jax.models import kinetics_weights, torchvision_weights
 
-
-class MissingCheckpoint(FileNotFoundError):
-  """The workdir has no checkpoint, or not the step asked for."""
-
-
-def require_checkpoint(config, workdir) -> None:
-  """The checkpoint `config.eval.step` asks for (default: any) exists in `workdir`, checked
-  before anything else is done: naming what is there."""
-  directory = os.path.join(workdir, "checkpoints")
-  steps = []
-  if os.path.isdir(directory):  # (a Checkpointer would create the folder)
-    ckpt = checkpoint_lib.Checkpointer(directory, save_every_steps=1, handle_sigterm=False)
-    try:
-      steps = ckpt.all_steps()
-    finally:
-      ckpt.close()
-  if not steps:
-    raise MissingCheckpoint(
-      f"no checkpoint in {directory}: config.mode={config.mode} needs a trained run's workdir"
+  init = config.init
+  if init.kinetics_i3d:
+    load_kinetics_i3d(model, init.kinetics_i3d)
+    return kinetics_weights.NORMALIZATION
+  if init.checkpoint:
+    with CheckpointReader(init.checkpoint) as reader:
+      try:
+        step = reader.resolve()
+      except MissingCheckpoint:
+        raise MissingInitWeights(
+          f"config.init.checkpoint: no checkpoint in {init.checkpoint}"
+        ) from None
+      meta = reader.meta(step)
+    # A fine-tuned re-id model may change its last stride; the rest is the network the weights
+    # were trained in.
+    config_lib.check_same_network(
+      config, meta["config"], f"the checkpoint in {init.checkpoint}", may_differ=("last_stride",)
     )
-  if config.eval.step >= 0 and config.eval.step not in steps:
-    raise MissingCheckpoint(
-      f"config.eval.step: no checkpoint of step {config.eval.step} in {directory} "
-      f"(there are {sorted(steps)})"
-    )
-  if config.eval.step >= 0:  # a damaged step asked for is named before the dataset is read
-    ckpt = checkpoint_lib.Checkpointer(directory, save_every_steps=1, handle_sigterm=False)
-    try:
-      problem = ckpt.damage(config.eval.step)
-    finally:
-      ckpt.close()
-    if problem:
-      raise checkpoint_lib.CheckpointDamaged(
-        f"Checkpoint {directory}/{config.eval.step} is damaged: {problem}."
+    copy_checkpoint_weights(model, init.checkpoint, step=step)
+    return meta["normalization"]
+  if init.torchvision_resnet50:
+    load_torchvision_resnet50(model, init.torchvision_resnet50, temporal_init=init.temporal_init)
+  return torchvision_weights.NORMALIZATION
+
+
+def _nested(flat: dict[str, Any]) -> dict:
+  tree: dict = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split("/")
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def copy_checkpoint_weights(
+  model, directory: str, *, step: int | None = None, skip: tuple[str, ...] = ("head", "classifier")
+) -> list[str]:
+  """Copies the weights and BatchNorm statistics of checkpoint `step` (default the newest intact
+  one) in `directory` into `model` (in place), all but the variables under the path `skip`: by
+  default the identity classifier, whose size is the source dataset's number of identities. The
+  bottleneck (the head's fc and BatchNorm) computes the retrieval feature and is copied. Only
+  those variables are read: the checkpoint's optimiser state, step and RNG are not. Every
+  variable is checked before any is written. Returns the paths copied.
+
+  Raises:
+    MissingCheckpoint: no checkpoint in `directory`.
+    CheckpointMismatch: not a model of this trainer, or a variable of `model` is missing from
+      it or has another shape (the message names it).
+  """
+  with CheckpointReader(directory) as reader:
+    step = reader.resolve(step)
+    saved = reader.saved_shapes(step)
+    if not any(key.startswith("0/") for key in saved):
+      raise CheckpointMismatch(
+        f"{reader.directory}/{step} holds no model state ('0'): not written by this trainer"
       )
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    variables, target = {}, {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+      key = "/".join(str(p) for p in path)
+      if tuple(str(p) for p in path[: len(skip)]) == tuple(skip):
+        continue
+      shape = saved.get(f"0/{key}/value")
+      if shape is None:
+        raise CheckpointMismatch(
+          f"{reader.directory}/{step}: no variable {key!r} in the checkpoint; is it of another "
+          "architecture?"
+        )
+      if tuple(shape) != tuple(variable.shape):
+        raise CheckpointMismatch(
+          f"{reader.directory}/{step}: {key!r} has shape {tuple(shape)}, the model expects "
+          f"{tuple(variable.shape)}"
+        )
+      variables[key] = variable
+      target[f"{key}/value"] = jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=local)
+    restored = reader.restore_part(step, "0", target=_nested(target), exact=False)
+  for key, variable in variables.items():
+    value = restored
+    for part in f"{key}/value".split("/"):
+      value = value[part]
+    variable.set_value(value)
+  log.info("Initial weights: %d variables of %s/%d", len(variables), directory, step)
+  return list(variables)
 
 
-def restore_for_eval(config, workdir):
-  require_checkpoint(config, workdir)
-  data_dir, setup = setup_for(config, workdir, init_weights=False)
-  return (data_dir, *_restore(config, workdir, setup))
+def bind(graphdef, normalization: str, state, clips):
+  """`(model, optimizer, inputs)`: the model of `state` in training mode and the uint8 clips
+  `[b, T, H, W, 3]` normalised as its weights expect. For the jitted train step."""
+  model, optimizer = nnx.merge(graphdef, state)
+  model.train()
+  return model, optimizer, normalize_clips(clips, normalization)
 
 
-def restore_model(config, workdir):
-  """`(setup, step)` of the run's checkpoint for the modes that need no dataset (embed,
-  search's inputs): the head's size comes from the checkpoint's metadata; checkpoints that do not
-  record it are restored as `eval` restores them, with the dataset."""
-  require_checkpoint(config, workdir)
-  meta = checkpoint_lib.latest_meta(os.path.join(workdir, "checkpoints"))
-  if meta is None or "num_classes" not in meta:
-    return restore_for_eval(config, workdir)[1:]
-  setup = build_state(
-    config,
-    num_classes=int(meta["num_classes"]),
-    steps_per_epoch=1,
-    mesh=make_mesh(),
-    init_weights=False,
-  )
-  return _restore(config, workdir, setup)
-
-
-def _restore(config, workdir, setup):
-  ckpt = checkpoint_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), save_every_steps=1, handle_sigterm=False
-  )
-  try:
-    step = None if config.eval.step < 0 else config.eval.step
-    setup.state, meta = ckpt.restore(
-      step, abstract_state=abstract_like(setup.state), model_name=config.model.name
-    )
-    setup.normalization = checked_normalization(config, meta, ckpt.directory)
-  finally:
-    ckpt.close()
-  return setup, int(meta["step"])
+def model_part(setup: TrainSetup, state):
+  """`(graphdef, state)` of the model alone within a (model, optimizer) state: what an
+  `InferenceModel` of the live weights holds (no copy)."""
+  model, _ = nnx.merge(setup.graphdef, state)
+  return nnx.split(model)

@@ -1,8 +1,9 @@
-"""Training: `train_and_evaluate(config, workdir)`, top to bottom in banner sections.
+"""Training: `train_and_evaluate(config, workdir)`, top to bottom in banner sections, and the
+`train` mode (`run`).
 
-The same code runs on one CPU, one accelerator or many hosts (see `reid_jax.state` for the mesh
-and the sharded state). Evaluation and the `eval` / `extract` modes are in
-`reid_jax.evaluation.runner`; the dataset is made in `reid_jax.data.prepare`.
+The same code runs on one CPU, one accelerator or many hosts (see `reid_jax.sharding` for the
+mesh, `reid_jax.state` for the sharded state). Evaluation is `reid_jax.evaluation.runner`'s, on
+an `InferenceModel` of the live weights; the dataset is made in `reid_jax.data.prepare`.
 """
 
 from __future__ import annotations
@@ -17,45 +18,75 @@ import numpy as np
 import optax
 from flax import nnx
 
-from reid_jax import checkpoint as checkpoint_lib
+from data_prep.errors import UserError
 from reid_jax import config as config_lib
 from reid_jax import data as data_lib
-from reid_jax import losses, optim
+from reid_jax import losses, sharding
 from reid_jax import state as state_lib
+from reid_jax.checkpoints import CheckpointWriter, latest_meta
+from reid_jax.data.prepare import prepare_dataset
+from reid_jax.data.tracklets import BuiltTracklets
 from reid_jax.evaluation import runner
 from reid_jax.evaluation.protocols import REPORTED_METRICS
+from reid_jax.inference.model import InferenceModel
 from reid_jax.models import num_params
+from reid_jax.schedule import LearningRateSchedule
 
-# The run's own log; Orbax and TensorFlow log through absl, which `main` keeps to warnings.
 # The exit status of `python -m reid_jax.main` when a SIGTERM (preemption) stopped training after
 # a checkpoint: EX_TEMPFAIL of sysexits.h, "try again", so a scheduler can tell it from 0 (done).
 PREEMPTED_EXIT_STATUS = 75
 
+# The run's own log; Orbax and TensorFlow log through absl, which `main` keeps to warnings.
 log = logging.getLogger("reid_jax")
+
+
+class NonFiniteTraining(UserError, FloatingPointError):
+  """The loss or the gradient norm of a step is not finite; the message names the step."""
+
+
+def run(config, workdir: str) -> dict:
+  """`train` mode: `train_and_evaluate`; a preempted run exits with PREEMPTED_EXIT_STATUS."""
+  result = train_and_evaluate(config, workdir)
+  if "preempted_at_step" in result:
+    log.warning(
+      "Preempted: exiting with status %d; the same command resumes from step %d.",
+      PREEMPTED_EXIT_STATUS,
+      result["preempted_at_step"],
+    )
+    raise SystemExit(PREEMPTED_EXIT_STATUS)
+  return result
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config.model` on `config.dataset`, resuming from `workdir` if it holds checkpoints;
   evaluates every `config.train.eval_every_epochs` and at the end. Returns the final metrics."""
   # ---------------------------------------------------------------------------------------------
-  # Checks first: a bad config or a missing weights file fails before any data is prepared.
+  # Checks first: a missing weights file fails before any data is prepared.
   # ---------------------------------------------------------------------------------------------
   os.makedirs(workdir, exist_ok=True)
-  config_lib.validate(config, num_devices=jax.device_count())
-  resuming = checkpoint_lib.latest_meta(os.path.join(workdir, "checkpoints")) is not None
-  if not resuming:
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  if latest_meta(checkpoint_dir) is None:
     state_lib.check_init_files(config)
 
   # ---------------------------------------------------------------------------------------------
-  # Data, mesh, model and optimiser. A resumed run skips the initial weights: the checkpoint
-  # replaces them.
+  # Data, mesh, model and optimiser: from the newest intact checkpoint (with the normalisation
+  # it trained with), else from the initial weights. Fixed before anything is compiled.
   # ---------------------------------------------------------------------------------------------
-  data_dir, setup = state_lib.setup_for(config, workdir, init_weights=not resuming)
+  data_dir = prepare_dataset(config, workdir)
+  info = data_lib.train_info(data_dir, config.dataset.name, split_index=config.dataset.split_index)
+  begin = state_lib.start(
+    config,
+    checkpoint_dir,
+    num_classes=info["num_classes"],
+    steps_per_epoch=data_lib.steps_per_epoch(info["num_identities"], config.data.P),
+    mesh=sharding.make_mesh(),
+  )
+  setup, state, start_step = begin.setup, begin.state, begin.step
   total_steps = setup.steps_per_epoch * config.optim.total_epochs
   log.info(
     "Model %s: %s parameters, %d classes; %d devices over %d processes; %d steps (%d epochs x %d)",
     config.model.name,
-    f"{num_params(nnx.merge(setup.graphdef, setup.state)[0]):,}",
+    f"{num_params(nnx.merge(setup.graphdef, state)[0]):,}",
     setup.num_classes,
     jax.device_count(),
     jax.process_count(),
@@ -65,31 +96,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
 
   # ---------------------------------------------------------------------------------------------
-  # Checkpoints: resume where a killed run stopped, with the normalisation it trained with.
-  # ---------------------------------------------------------------------------------------------
-  ckpt = checkpoint_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"),
-    save_every_steps=config.train.checkpoint_every_steps,
-    keep_last=config.train.keep_checkpoints,
-  )
-  start_step = 0
-  if resuming:
-    setup.state, meta = ckpt.restore(
-      abstract_state=state_lib.abstract_like(setup.state), model_name=config.model.name
-    )
-    setup.normalization = state_lib.checked_normalization(config, meta, ckpt.directory)
-    start_step = int(meta["step"])
-    log.info("Resumed from %s at step %d", ckpt.directory, start_step)
-  else:
-    log.info("Input normalisation: %s (follows the initial weights)", setup.normalization)
-
-  # ---------------------------------------------------------------------------------------------
-  # The update step, the evaluation features, the schedule (for the log), the writer and the
-  # input: batch s is a pure function of (seed, s), so a resumed run sees the same batches.
+  # The update step, the checkpoints, the schedule (for the log), the writer and the input:
+  # batch s is a pure function of (seed, s), so a resumed run sees the same batches.
   # ---------------------------------------------------------------------------------------------
   train_step = make_train_step(setup, config)
-  feature_fn = state_lib.make_feature_fn(setup)
-  schedule = optim.schedule_from_config(config.optim, setup.steps_per_epoch)
+  ckpt = CheckpointWriter(
+    checkpoint_dir,
+    save_every_steps=config.train.checkpoint_every_steps,
+    keep_last=config.train.keep_checkpoints,
+    damaged_steps=begin.damaged_steps,
+  )
+  schedule = LearningRateSchedule.from_config(config.optim, setup.steps_per_epoch)
   # Deferred: clu imports TensorFlow, which must not load before a test or tool has imported
   # torchvision (in this order its Triton import crashes the process).
   from reid_jax import metric_writer
@@ -108,11 +125,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start_step=start_step,
     split_index=config.dataset.split_index,
   )
+  eval_source = BuiltTracklets(data_dir, config.dataset.name)
 
   def evaluate(step: int) -> dict:
-    results, _, _ = runner.evaluate_state(
-      setup, config, data_dir, workdir, step=step, feature_fn=feature_fn
-    )
+    graphdef, weights = state_lib.model_part(setup, state)
+    meta = _meta(setup, config, step, step // setup.steps_per_epoch)
+    model = InferenceModel(graphdef, weights, setup.normalization, step, meta, setup.mesh)
+    results, _ = runner.evaluate(model, config, eval_source, workdir)
     writer.write_scalars(step, {f"eval/{k}": results[k] for k in REPORTED_METRICS})
     return results
 
@@ -125,11 +144,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step = start_step
   try:
     while step < total_steps:
-      batch = state_lib.global_batch(next(train_iter), setup.batch_sharding)
+      batch = sharding.global_batch(next(train_iter), setup.batch_sharding)
       # Everything the step reads is on the devices already: an implicit host <-> device copy
       # (a numpy array or Python scalar slipped into the step) is an error, not a slowdown.
       with jax.transfer_guard("disallow"):
-        setup.state, metrics = train_step(setup.state, batch)
+        state, metrics = train_step(state, batch)
       step += 1
       window_steps += 1
       pending.append((step, metrics))
@@ -169,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           )
           window_start, window_steps = now, 0
       ckpt.maybe_save(
-        step, state=setup.state, meta=_meta(setup, config, step, step // setup.steps_per_epoch)
+        step, state=state, meta=_meta(setup, config, step, step // setup.steps_per_epoch)
       )
       if ckpt.preemption_requested():
         _flush_metrics(pending, writer, schedule)
@@ -180,7 +199,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     _flush_metrics(pending, writer, schedule)
     ckpt.maybe_save(
       step,
-      state=setup.state,
+      state=state,
       meta=_meta(setup, config, step, step // setup.steps_per_epoch),
       force=True,
     )
@@ -188,6 +207,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     ckpt.close()
     writer.close()
+    train_iter.close()
 
 
 # -----------------------------------------------------------------------------------------------
@@ -195,14 +215,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
 # -----------------------------------------------------------------------------------------------
 
 
-def make_train_step(setup: state_lib.Setup, config):
+def make_train_step(setup: state_lib.TrainSetup, config):
   graphdef, normalization = setup.graphdef, setup.normalization
   loss_cfg = config.loss
 
   def train_step(state, batch):
-    model, optimizer, clips = state_lib.bind(
-      graphdef, normalization, state, batch["clips"], train=True
-    )
+    model, optimizer, clips = state_lib.bind(graphdef, normalization, state, batch["clips"])
     labels = batch["labels"]
 
     def loss_fn(model):
@@ -234,7 +252,7 @@ def make_train_step(setup: state_lib.Setup, config):
 # -----------------------------------------------------------------------------------------------
 
 
-def _meta(setup: state_lib.Setup, config, step: int, epoch: int) -> dict:
+def _meta(setup: state_lib.TrainSetup, config, step: int, epoch: int) -> dict:
   return {
     "model": config.model.name,
     "step": step,
@@ -258,7 +276,7 @@ def _flush_metrics(pending, writer, schedule) -> dict:
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), metrics in zip(pending, fetched):
     if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
-      raise FloatingPointError(
+      raise NonFiniteTraining(
         f"Non-finite loss {float(metrics['loss'])} or gradient norm "
         f"{float(metrics['grad_norm'])} at step {step} (softmax "
         f"{float(metrics['softmax_loss'])}, triplet {float(metrics['triplet_loss'])}): "

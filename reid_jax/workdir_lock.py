@@ -16,12 +16,14 @@ import os
 import socket
 import time
 
+from data_prep.errors import UserError
+
 log = logging.getLogger("reid_jax")
 
 LOCK_FILE = ".lock"
 
 
-class WorkdirLocked(RuntimeError):
+class WorkdirLocked(UserError, RuntimeError):
   """Another run holds the workdir; the message names it."""
 
 

@@ -1,5 +1,5 @@
 """Input pipelines: P x K sampling, temporal stride, clip-wide augmentation, determinism,
-multi-process slices, resume, evaluation chunking.
+multi-process slices, resume; the built evaluation set through the chunk stream.
 
 Frames of the test datasets carry their position in the tracklet as their grey level (3 * i), so
 the frames a clip was built from can be read back from the decoded pixels.
@@ -12,6 +12,7 @@ import pytest
 from data_prep import build as build_lib
 from reid_jax import data
 from reid_jax.data import sampling
+from reid_jax.inference import chunks
 
 HEIGHT, WIDTH = 16, 8
 # (split, pid, tracklet, camid, length): pids 1-3 have one tracklet each of lengths that exercise
@@ -108,15 +109,6 @@ def test_clip_positions():
     assert (np.diff(positions) == 8).all() and 0 <= positions[0] <= 80 - 57
   assert (np.diff(sampling.clip_positions(30, 8, 8, rng)) == 4).all()  # (30 - 1) // 7
   np.testing.assert_array_equal(sampling.clip_positions(5, 8, 8, rng), [0, 0, 1, 1, 2, 3, 3, 4])
-
-
-def test_eval_chunks():
-  chunks = sampling.eval_chunks(np.array([3, 8, 17]), T=8, batch_size=4)
-  np.testing.assert_array_equal(chunks["tracklet"], [0, 1, 2, 2, 2, -1, -1, -1])
-  np.testing.assert_array_equal(chunks["valid"], [1, 1, 1, 1, 1, 0, 0, 0])
-  np.testing.assert_array_equal(chunks["frame_mask"].sum(1), [3, 8, 8, 8, 1, 0, 0, 0])
-  np.testing.assert_array_equal(chunks["positions"][0], [0, 1, 2, 0, 1, 2, 0, 1])  # cyclic
-  np.testing.assert_array_equal(chunks["positions"][4], [16] * 8)
 
 
 @pytest.mark.parametrize(
@@ -238,42 +230,51 @@ def test_resume_from_a_step(duke):
 
 
 def _eval(data_dir, **kwargs):
-  args = dict(batch_size=4, height=HEIGHT, width=WIDTH, process_index=0, process_count=1)
-  return data.make_eval_iterator(data_dir, "duke", **{**args, **kwargs})
+  """The evaluation set's chunk batches (of one process of `process_count`), and its table."""
+  source = data.BuiltTracklets(data_dir, "duke")
+  args = dict(num_frames=8, height=HEIGHT, width=WIDTH, batch_size=4)
+  return list(chunks.chunk_batches(source, **{**args, **kwargs})), source.table
 
 
 def test_eval_covers_every_frame_once(duke):
-  iterator, table = _eval(duke)
+  batches, table = _eval(duke)
   eval_tracklets = [t for t in TRACKLETS if t[0] != "train"]
   np.testing.assert_array_equal(table.pids, [t[1] for t in eval_tracklets])
   np.testing.assert_array_equal(table.num_frames, [t[4] for t in eval_tracklets])
   np.testing.assert_array_equal(table.is_query, [t[0] == "query" for t in eval_tracklets])
   assert table.person_split_role is None
   seen = [[] for _ in range(len(table))]
-  batches = list(iterator)
   for batch in batches:
     assert batch["clips"].shape == (4, 8, HEIGHT, WIDTH, 3)
     positions = _positions(batch["clips"])
     for row in range(4):
       if not batch["valid"][row]:
-        assert batch["tracklet"][row] == -1 and not batch["frame_mask"][row].any()
+        assert batch["tracklet"][row] == -1
         continue
-      mask = batch["frame_mask"][row]
-      seen[batch["tracklet"][row]] += list(positions[row][mask])
-      real = positions[row][mask]
-      np.testing.assert_array_equal(positions[row], np.resize(real, 8))  # cyclic padding
+      tracklet = batch["tracklet"][row]
+      # A chunk is T consecutive frames; the last one of a tracklet repeats its own frames.
+      real = positions[row][: min(8, table.num_frames[tracklet] - positions[row][0])]
+      np.testing.assert_array_equal(positions[row], np.resize(real, 8))
+      seen[tracklet] += list(real)
   for n, frames in zip(table.num_frames, seen):
     assert sorted(frames) == list(range(n))
   assert len(batches) == -(-sum(-(-n // 8) for n in table.num_frames) // 4)
 
 
-def test_eval_processes_run_the_same_steps(duke):
-  whole = list(_eval(duke)[0])
-  parts = [list(_eval(duke, process_index=i, process_count=2)[0]) for i in range(2)]
-  assert len(parts[0]) == len(parts[1]) == len(whole)
-  for batch, first, second in zip(whole, *parts):
-    for key in batch:
-      np.testing.assert_array_equal(batch[key], np.concatenate([first[key], second[key]]))
+def test_eval_processes_run_the_same_steps_and_share_every_chunk_once(duke):
+  whole, _ = _eval(duke)
+  parts = [_eval(duke, batch_size=8, process_index=i, process_count=2)[0] for i in range(2)]
+  assert len(parts[0]) == len(parts[1])  # every process runs the same global steps
+  chunks_of = lambda batches: sorted(
+    (int(t), tuple(_positions(c)))
+    for b in batches
+    for t, c, v in zip(b["tracklet"], b["clips"], b["valid"])
+    if v
+  )
+  assert chunks_of(parts[0] + parts[1]) == chunks_of(whole)
+  # Tracklets are shared out whole.
+  mine = [{int(t) for b in part for t in b["tracklet"][b["valid"]]} for part in parts]
+  assert not mine[0] & mine[1] and mine[0] and mine[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,15 +309,6 @@ def test_ilidsvid_split_index_selects_train_people(tmp_path):
     )
     pids = np.round(batch["clips"].mean(axis=(1, 2, 3, 4)) / 40).astype(int)
     assert set(pids) == set(ls_set[split][3:].tolist())  # the second half: train people
-  _, table = data.make_eval_iterator(
-    data_dir,
-    "ilidsvid",
-    batch_size=4,
-    num_frames=4,
-    height=HEIGHT,
-    width=WIDTH,
-    process_index=0,
-    process_count=1,
-  )
+  table = data.BuiltTracklets(data_dir, "ilidsvid").table
   assert table.person_split_role.shape == (12, 10)
   np.testing.assert_array_equal(table.is_query, table.camids == 1)

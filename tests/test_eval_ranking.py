@@ -5,6 +5,7 @@ import pytest
 
 from reid_jax.distances import pairwise_distances
 from reid_jax.evaluation import evaluate, evaluate_rank, ranking
+from reid_jax.retrieval import block_shape
 
 
 def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -66,7 +67,8 @@ def test_blocked_equals_unblocked():
   problem = random_problem(np.random.default_rng(2), num_q=45, num_g=150)
   whole = ranking.rank_statistics_from_distances(*problem, block_bytes=2**30)
   blocked = ranking.rank_statistics_from_distances(*problem, block_bytes=1)  # 8-row blocks
-  assert ranking.block_size(45, 150, 1) == 8 and ranking.block_size(45, 150, 2**30) == 48
+  assert block_shape(45, 150, budget=1) == (8, 150)
+  assert block_shape(45, 150, budget=2**30) == (48, 150)
   for key in whole:
     np.testing.assert_array_equal(blocked[key], whole[key])
 
@@ -121,5 +123,5 @@ def test_max_rank_is_capped_and_no_valid_query_raises():
     evaluate_rank(
       np.zeros((1, 3)), np.array([1]), np.array([1, 2, 3]), np.array([0]), np.array([0, 0, 0])
     )
-  with pytest.raises(ValueError, match="metric"):
+  with pytest.raises(ValueError, match="'l1' is not one of"):
     evaluate(np.zeros((1, 2)), np.zeros((3, 2)), [1], [1, 2, 3], [0], [1, 1, 1], metric="l1")

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from test_eval_protocols import mars_like_table
 
+from reid_jax import ranked_sheets
 from reid_jax.evaluation import report, run_protocol, write_report
 
 H, W = 32, 16
@@ -57,10 +58,14 @@ def test_report_writes_metrics_and_pictures(tmp_path):
   ranked = [k for k in written if k.startswith("ranked_q")]
   attention = [k for k in written if k.startswith("attention_q")]
   assert len(ranked) == 2 and len(attention) == 1
-  strip_shape = (H + 8, report.FRAMES_SHOWN * W + 8)
-  want = tuple(report.ranked_sheet_pixels(strip_shape, 1 + 5))
+  rows = 1 + 5  # the query and its top 5
+  row_height = ranked_sheets.TEXT + ranked_sheets.CELL[1] + 2 * ranked_sheets.BORDER
+  want = (
+    ranked_sheets.FRAMES_SHOWN * ranked_sheets.CELL[0] + 2 * ranked_sheets.BORDER,
+    rows * (row_height + ranked_sheets.GAP) - ranked_sheets.GAP,
+  )
   for key in ranked:
-    assert np.abs(np.subtract(png_size(written[key]), want)).max() <= 1
+    assert png_size(written[key]) == want
   width, height = png_size(written[attention[0]])
   assert (width, height) == (round(1.6 * 4 * report.DPI), round(3.6 * report.DPI))
 
@@ -75,3 +80,33 @@ def test_split_protocol_metrics_carry_std(tmp_path):
   metrics = json.loads((tmp_path / "metrics.json").read_text())
   assert metrics["protocol"] == "ilidsvid" and "rank1_std" in metrics
   assert len(metrics["per_split"]) == 10
+
+
+def test_ranked_sheets_rank_what_the_metrics_rank(tmp_path):
+  """The sheets' top k: the gallery by distance, junk (pid -1, the query's pid in its camera)
+  left out, as in the metrics; the colours say whether each is the query's person."""
+  from reid_jax.distances import pairwise_distances
+
+  table = mars_like_table()
+  features = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
+  results = run_protocol("mars", features, table, max_rank=8)
+  queries = np.array([0, 2, 3, 4])
+  distances, ranked = report.ranked_galleries(
+    results, features, table, queries, metric="euclidean", top_k=9
+  )
+  dist = np.asarray(pairwise_distances(features[queries], features, "euclidean"))
+  for i, q in enumerate(queries):
+    junk = (table.pids == -1) | ((table.pids == table.pids[q]) & (table.camids == table.camids[q]))
+    expected = [g for g in np.argsort(dist[i], kind="stable") if not junk[g]]
+    got = ranked[i][ranked[i] >= 0]
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(distances[i][: len(got)], dist[i][got], rtol=1e-5)
+  path = report.ranked_sheet(
+    str(tmp_path / "sheet.png"), 0, ranked[0][:2], distances[0][:2], table, frames_fn
+  )
+  with Image.open(path) as sheet:
+    pixels = np.asarray(sheet.convert("RGB"))
+  for row, gallery in enumerate(ranked[0][:2], start=1):
+    x, y = ranked_sheets.frame_origin(row, 0)
+    same = table.pids[gallery] == table.pids[0]
+    assert tuple(pixels[y - 2, x]) == ranked_sheets.COLOURS[bool(same)]

@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
+from reid_jax import config as config_lib
 from reid_jax import export as export_lib
-from reid_jax import state as state_lib
 from reid_jax import train
+from reid_jax.inference import model as model_lib
 
 from tiny_training import tiny_config
 
@@ -24,7 +25,7 @@ def exported(data_dir, tmp_path_factory):
   config = tiny_config(data_dir, **{"optim.total_epochs": 1, "optim.decay_start_epoch": 0})
   train.train_and_evaluate(config, str(workdir))
   (workdir / "threshold.json").write_text('{"metric": "euclidean", "threshold": 1.5}')
-  folder = export_lib.export(tiny_config(data_dir, mode="export"), str(workdir))
+  folder = export_lib.run(tiny_config(data_dir, mode="export"), str(workdir))
   return workdir, folder
 
 
@@ -33,15 +34,11 @@ def _clips(batch, seed=0):
 
 
 def _jitted_features(data_dir, workdir, clips):
-  """The model as evaluation runs it (make_feature_fn over the device mesh)."""
-  setup, _ = state_lib.restore_model(tiny_config(data_dir, mode="eval"), str(workdir))
-  feature_fn = state_lib.make_feature_fn(setup)
+  """The model as evaluation runs it (InferenceModel.features, sharded over the device mesh)."""
+  model = model_lib.restore(tiny_config(data_dir, mode="eval"), str(workdir))
   batch = -(-len(clips) // jax.device_count()) * jax.device_count()
   padded = np.concatenate([clips, np.zeros((batch - len(clips), *clips.shape[1:]), np.uint8)])
-  out = feature_fn(
-    setup.state, jax.make_array_from_process_local_data(setup.batch_sharding, padded)
-  )
-  return np.asarray(out)[: len(clips)]
+  return np.asarray(model.features(padded))[: len(clips)]
 
 
 def test_the_folder_and_serving_json(exported):
@@ -110,20 +107,31 @@ def test_saved_model_in_a_tensorflow_only_process_equals_the_jitted_model(
 
 def test_exporting_a_step_twice_is_refused_and_platforms_are_checked(data_dir, exported):
   workdir, _ = exported
-  with pytest.raises(FileExistsError, match="step_2 exists"):
-    export_lib.export(tiny_config(data_dir, mode="export"), str(workdir))
+  with pytest.raises(export_lib.ExportExists, match="step_2 exists"):
+    export_lib.run(tiny_config(data_dir, mode="export"), str(workdir))
   config = tiny_config(data_dir, mode="export", **{"export.platforms": "cpu,metal"})
-  with pytest.raises(ValueError, match="config.export.platforms"):
-    export_lib.export(config, str(workdir))
+  with pytest.raises(config_lib.ConfigError, match="config.export.platforms: 'cpu,metal'"):
+    config_lib.validate(config, num_devices=jax.device_count())
+
+
+def test_a_threshold_of_another_metric_is_refused_before_the_export(data_dir, exported, tmp_path):
+  from reid_jax.evaluation.calibrate import ThresholdMismatch
+
+  workdir, _ = exported
+  run = tmp_path / "run"
+  run.mkdir()
+  os.symlink(workdir / "checkpoints", run / "checkpoints")
+  (run / "threshold.json").write_text('{"metric": "cosine", "threshold": 0.5}')
+  with pytest.raises(ThresholdMismatch, match="threshold on cosine distances"):
+    export_lib.run(tiny_config(data_dir, mode="export"), str(run))
+  assert sorted(os.listdir(run)) == ["checkpoints", "threshold.json"]
 
 
 def test_one_serialization_for_cpu_cuda_and_tpu(data_dir, exported):
   """Lowered for the three platforms on this CPU-only machine; the CPU lowering runs here."""
   workdir, folder = exported
-  setup, _ = state_lib.restore_model(tiny_config(data_dir, mode="eval"), str(workdir))
-  data = export_lib.export_jax(
-    export_lib.feature_function(setup), (T, H, W, 3), ("cpu", "cuda", "tpu")
-  )
+  model = model_lib.restore(tiny_config(data_dir, mode="eval"), str(workdir))
+  data = export_lib.export_jax(model.serving_function(), (T, H, W, 3), ("cpu", "cuda", "tpu"))
   restored = jax.export.deserialize(bytearray(data))
   assert restored.platforms == ("cpu", "cuda", "tpu")
   clips = _clips(2, seed=5)

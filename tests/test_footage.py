@@ -11,7 +11,8 @@ from data_prep import built
 from reid_jax import train
 from reid_jax.evaluation import runner
 from reid_jax.footage import embed as embed_lib
-from reid_jax.footage.sources import FootageError, crop, discover, parse_mot
+from reid_jax.footage.sources import FootageError, FootageTracklets, crop, discover, parse_mot
+from reid_jax.inference import chunks
 
 from tiny_training import tiny_config
 
@@ -164,12 +165,8 @@ def _scene(tmp_path):
 
 def _clips(path, batch=4):
   tracks, _ = discover(str(path))
-  groups = embed_lib.local_sources(tracks, 0, 1)
-  chunks = sum(embed_lib.num_chunks(g, T) for g in groups)
-  progress = type("P", (), {"update": lambda self, n: None})()
-  batches = embed_lib.chunk_batches(
-    groups, T=T, height=H, width=W, batch=batch, num_batches=-(-chunks // batch), progress=progress
-  )
+  source = FootageTracklets(tracks)
+  batches = chunks.chunk_batches(source, num_frames=T, height=H, width=W, batch_size=batch)
   return tracks, list(batches)
 
 
@@ -235,8 +232,8 @@ def test_embed_of_the_eval_tracklets_equals_extract(data_dir, trained, tmp_path)
       path = tmp_path / "footage" / f"cam{index['camids'][row]}" / f"t{row:04d}" / f"{frame}.jpg"
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_bytes(jpeg)
-  extracted = runner.extract(tiny_config(data_dir, mode="extract"), str(trained))
-  output = embed_lib.embed(
+  extracted = runner.run_extract(tiny_config(data_dir, mode="extract"), str(trained))
+  output = embed_lib.run(
     tiny_config(
       data_dir, mode="embed", **{"embed.input": str(tmp_path / "footage"), "embed.output": ""}
     ),
@@ -261,7 +258,7 @@ def test_embed_of_a_video_equals_embed_of_its_crops(data_dir, trained, tmp_path)
       mode="embed",
       **{"embed.input": str(path), "embed.output": str(tmp_path / f"{name}.npz")},
     )
-    out[name] = embed_lib.load_embeddings(embed_lib.embed(config, str(trained)))
+    out[name] = embed_lib.load_embeddings(embed_lib.run(config, str(trained)))
   np.testing.assert_allclose(out["video"]["features"], out["crops"]["features"], atol=1e-5)
   assert out["video"]["names"].tolist() == ["gate:1", "gate:4"]
   np.testing.assert_array_equal(out["video"]["first_frame"], [1, 2])
@@ -277,42 +274,12 @@ def test_a_failed_embed_writes_nothing(data_dir, trained, tmp_path):
     data_dir, mode="embed", **{"embed.input": str(tmp_path / "in"), "embed.output": str(output)}
   )
   with pytest.raises(FootageError, match="2.jpg: unreadable frame"):
-    embed_lib.embed(config, str(trained))
+    embed_lib.run(config, str(trained))
   assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------
 # Search and calibration
-
-
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_top_k_in_blocks_equals_a_brute_force_ranking(metric):
-  from reid_jax.distances import pairwise_distances
-  from reid_jax.footage.search import top_k
-
-  rng = np.random.default_rng(0)
-  features = rng.normal(size=(37, 6)).astype(np.float32)
-  features[5] = features[9]  # a tie: gallery order decides
-  cameras = np.array(["a", "b", "c"])[rng.integers(0, 3, 37)]
-  dist = np.array(pairwise_distances(features, features, metric))
-  dist[cameras[:, None] == cameras[None, :]] = np.inf  # the same file: no same-camera pairs
-  expected = np.argsort(dist, axis=1, kind="stable")[:, :5]
-  # A tiny budget: gallery blocks of k = 5 rows, 7 of them in one scan and a padded tail of 2.
-  d, i = top_k(
-    features,
-    features,
-    5,
-    metric=metric,
-    query_cameras=cameras,
-    gallery_cameras=cameras,
-    block_bytes=16 * 64,
-  )
-  np.testing.assert_array_equal(i, expected)
-  np.testing.assert_allclose(d, np.take_along_axis(dist, expected, 1), rtol=1e-5, atol=1e-6)
-  # Another file: every pair counts.
-  d, i = top_k(features[:7], features, 3, metric=metric, block_bytes=16 * 64)
-  full = np.asarray(pairwise_distances(features[:7], features, metric))
-  np.testing.assert_array_equal(i, np.argsort(full, axis=1, kind="stable")[:, :3])
 
 
 def _fake_embeddings(path, features, cameras):
@@ -326,6 +293,7 @@ def _fake_embeddings(path, features, cameras):
 def test_search_mode_ranks_and_lists_cross_camera_matches(data_dir, tmp_path):
   import csv
 
+  from reid_jax.evaluation.calibrate import ThresholdMismatch
   from reid_jax.footage import search as search_lib
 
   features = [[0.0], [0.1], [5.0], [5.3], [0.05]]
@@ -335,7 +303,7 @@ def test_search_mode_ranks_and_lists_cross_camera_matches(data_dir, tmp_path):
     mode="search",
     **{"search.query": path, "search.top_k": 2, "search.threshold": 0.02},
   )
-  out = search_lib.search(config, str(tmp_path))
+  out = search_lib.run(config, str(tmp_path))
   with open(out["ranking"]) as f:
     rows = list(csv.DictReader(f))
   t0 = [r for r in rows if r["query"] == "t0"]
@@ -347,12 +315,12 @@ def test_search_mode_ranks_and_lists_cross_camera_matches(data_dir, tmp_path):
   assert sorted((m["query"], m["gallery"]) for m in matches) == [("t0", "t1"), ("t1", "t4")]
   (tmp_path / "threshold.json").write_text('{"metric": "cosine", "threshold": 0.5}')
   config.search.threshold = -1.0
-  with pytest.raises(ValueError, match="threshold on cosine distances"):
-    search_lib.search(config, str(tmp_path))
+  with pytest.raises(ThresholdMismatch, match="threshold on cosine distances"):
+    search_lib.run(config, str(tmp_path))
 
 
 def test_calibration_on_a_known_distribution():
-  from reid_jax.footage.calibrate import operating_points, pair_histograms
+  from reid_jax.evaluation.calibrate import operating_points, pair_histograms
 
   rng = np.random.default_rng(1)
   # 60 people, 3 tracklets each over 2 cameras, on a line: same-person pairs are close.
@@ -381,23 +349,23 @@ def test_calibration_on_a_known_distribution():
 def test_calibrate_then_search_on_the_trained_model(data_dir, trained, tmp_path):
   import json
 
-  from reid_jax.footage import calibrate as calibrate_lib
+  from reid_jax.evaluation import calibrate as calibrate_lib
   from reid_jax.footage import search as search_lib
 
   workdir = tmp_path / "run"  # the trained run's checkpoints, without its other outputs
   workdir.mkdir()
   os.symlink(os.path.join(str(trained), "checkpoints"), workdir / "checkpoints")
-  result = calibrate_lib.calibrate(tiny_config(data_dir, mode="calibrate"), str(workdir))
+  result = calibrate_lib.run(tiny_config(data_dir, mode="calibrate"), str(workdir))
   with open(workdir / "threshold.json") as f:
     saved = json.load(f)
   assert saved == result and saved["metric"] == "euclidean" and saved["step"] == 2
   assert 0 < saved["true_match_rate"] <= 1 and saved["false_match_rate"] <= 0.01
   assert (workdir / "pairs.png").stat().st_size and (workdir / "roc.png").stat().st_size
   videos, _ = _scene(tmp_path)
-  embeddings = embed_lib.embed(
+  embeddings = embed_lib.run(
     tiny_config(data_dir, mode="embed", **{"embed.input": str(videos)}), str(workdir)
   )
-  out = search_lib.search(
+  out = search_lib.run(
     tiny_config(data_dir, mode="search", **{"search.query": embeddings}), str(workdir)
   )
   assert out["threshold"] == saved["threshold"]
@@ -406,8 +374,8 @@ def test_calibrate_then_search_on_the_trained_model(data_dir, trained, tmp_path)
 
 
 def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path):
+  from reid_jax import ranked_sheets
   from reid_jax.footage import search as search_lib
-  from reid_jax.footage.sheets import middle_frame, tracks_for
 
   rng = np.random.default_rng(3)
   for cam in ("north", "south"):
@@ -415,7 +383,7 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
       for frame in range(1, 6):
         image = rng.integers(0, 256, (24, 12, 3), dtype=np.uint8)
         _save(str(tmp_path / "footage" / cam / tracklet / f"{frame}.png"), image)
-  embeddings = embed_lib.embed(
+  embeddings = embed_lib.run(
     tiny_config(
       data_dir,
       mode="embed",
@@ -423,7 +391,7 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
     ),
     str(trained),
   )
-  out = search_lib.search(
+  out = search_lib.run(
     tiny_config(
       data_dir,
       mode="search",
@@ -433,11 +401,20 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
   )
   assert len(out["sheets"]) == 4
   with Image.open(out["sheets"][0]) as sheet:
-    assert sheet.width == 3 * (64 + 8) + 12  # the query and its 2 candidates
-    # The query's picture is its middle frame, resized into the first cell.
-    track = tracks_for(embed_lib.load_embeddings(embeddings)["meta"])["north/p1"]
-    expected = np.asarray(Image.fromarray(middle_frame(track)).resize((64, 128), Image.BILINEAR))
-    np.testing.assert_array_equal(np.asarray(sheet)[4:132, 4:68], expected)
+    pixels = np.asarray(sheet.convert("RGB"))
+  # The query and its 2 candidates, one row each, of all 5 frames of north/p1 (the first query).
+  row_height = ranked_sheets.TEXT + ranked_sheets.CELL[1] + 2 * ranked_sheets.BORDER
+  assert pixels.shape[0] == 3 * (row_height + ranked_sheets.GAP) - ranked_sheets.GAP
+  for column in range(5):
+    with Image.open(tmp_path / "footage" / "north" / "p1" / f"{column + 1}.png") as frame:
+      expected = ranked_sheets.cell(np.asarray(frame))
+    x, y = ranked_sheets.frame_origin(0, column)
+    cell = pixels[y : y + ranked_sheets.CELL[1], x : x + ranked_sheets.CELL[0]]
+    np.testing.assert_array_equal(cell, expected)
+  # Both candidates are matches under this threshold: their frames are green.
+  x, y = ranked_sheets.frame_origin(1, 0)
+  assert tuple(pixels[y - 2, x]) == ranked_sheets.COLOURS[True]
+  assert tuple(pixels[2 + ranked_sheets.TEXT, 1]) == ranked_sheets.COLOURS[None]  # the query
   assert out["num_matches"] == 4  # every cross-camera pair of the 4 tracklets, once each
 
 
@@ -452,9 +429,66 @@ def test_embed_needs_only_the_checkpoint(data_dir, trained, tmp_path):
     mode="embed",
     **{"embed.input": str(videos), "dataset.synthetic.identities": 0},
   )
-  embedded = embed_lib.load_embeddings(embed_lib.embed(config, str(workdir)))
+  embedded = embed_lib.load_embeddings(embed_lib.run(config, str(workdir)))
   assert embedded["names"].tolist() == ["gate:1", "gate:4"]
   assert not (tmp_path / "no_data").exists() and sorted(os.listdir(workdir)) == [
     "checkpoints",
     "embeddings.npz",
   ]
+
+
+_EMBED_AND_LIST_MODULES = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from tiny_training import tiny_config
+from reid_jax import modes
+
+config = tiny_config(sys.argv[2], mode="embed", **{"embed.input": sys.argv[3],
+                     "embed.output": sys.argv[5], "dataset.synthetic.identities": 0})
+modes.run_mode(config, sys.argv[4])
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("reid_jax", "data_prep")))))
+"""
+TRAINING_MODULES = (
+  "reid_jax.train",
+  "reid_jax.state",
+  "reid_jax.optim",
+  "reid_jax.losses",
+  "reid_jax.metric_writer",
+  "reid_jax.data.prepare",
+  "reid_jax.data.pipeline",
+  "reid_jax.data.sampling",
+  "reid_jax.checkpoints.writer",
+  "reid_jax.models.kinetics_weights",
+  "reid_jax.models.torchvision_weights",
+  "data_prep.build",
+  "data_prep.builders",
+)
+
+
+def test_embed_imports_no_training_module(trained, tmp_path):
+  """An `embed` run restores the model part of a checkpoint: nothing of training is loaded."""
+  import subprocess
+  import sys
+
+  videos, _ = _scene(tmp_path)
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      _EMBED_AND_LIST_MODULES,
+      tests_dir,
+      str(tmp_path / "no_data"),
+      str(videos),
+      str(trained),
+      str(tmp_path / "e.npz"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  loaded = result.stdout.split()
+  assert "reid_jax.inference.model" in loaded and "reid_jax.footage.embed" in loaded
+  assert [m for m in TRAINING_MODULES if m in loaded] == []
+  assert (tmp_path / "e.npz").exists()

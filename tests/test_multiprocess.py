@@ -118,7 +118,7 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
     )
 
   # The checkpoint written by the 2-process run is restored by a 1-process eval.
-  restored = runner.evaluate_checkpoint(tiny_config(data_dir, mode="eval", **SHORT), str(two))
+  restored = runner.run_eval(tiny_config(data_dir, mode="eval", **SHORT), str(two))
   assert restored["step"] == 4
   written = final_eval(two)
   np.testing.assert_allclose(restored["mAP"], written["eval/mAP"], rtol=1e-5)
@@ -156,8 +156,8 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   np.testing.assert_allclose(evaluated["mAP"], written["eval/mAP"], rtol=1e-5)
   np.testing.assert_allclose(evaluated["rank1"], written["eval/rank1"], rtol=1e-5)
 
-  # `embed` over 2 processes: 3 tracklet folders shared out unevenly (process 0 gets a and c,
-  # 13 chunks of 4 frames, 2 batches of 8; process 1 gets b, 1 chunk), so process 1 runs a
+  # `embed` over 2 processes: 3 tracklet folders shared out by chunks (process 0 gets a, 3
+  # chunks of 4 frames; process 1 gets b and c, 11 chunks, 2 batches of 8), so process 0 runs a
   # padding batch; every tracklet's feature equals the 1-process run's.
   from PIL import Image
 
@@ -174,7 +174,7 @@ def test_two_processes_match_one_and_their_checkpoint_restores(data_dir, tmp_pat
   result = launch_two_local_processes(two, tiny_flags(data_dir, mode="embed", **SHORT, **flags))
   assert result.returncode == 0, result.stdout + result.stderr
   flags["embed.output"] = str(tmp_path / "one.npz")
-  one_process = embed_lib.embed(tiny_config(data_dir, mode="embed", **SHORT, **flags), str(two))
+  one_process = embed_lib.run(tiny_config(data_dir, mode="embed", **SHORT, **flags), str(two))
   two_processes = embed_lib.load_embeddings(str(tmp_path / "two.npz"))
   one_process = embed_lib.load_embeddings(one_process)
   assert two_processes["names"].tolist() == ["a", "b", "c"]

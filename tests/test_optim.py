@@ -8,12 +8,14 @@ import pytest
 import torch
 from flax import nnx
 
+from reid_jax import config as config_lib
 from reid_jax import optim
+from reid_jax.schedule import LearningRateSchedule
 
 
 def test_schedule_values_at_paper_epochs():
   base_lr, steps_per_epoch = 3e-4, 7
-  schedule = optim.learning_rate_schedule(base_lr, steps_per_epoch)
+  schedule = LearningRateSchedule(base_lr, steps_per_epoch)
   expected_by_epoch = {
     0: base_lr,
     149: base_lr,
@@ -36,13 +38,15 @@ def test_schedule_values_at_paper_epochs():
 
 def test_schedule_rejects_bad_arguments():
   with pytest.raises(ValueError, match="steps_per_epoch"):
-    optim.learning_rate_schedule(1e-3, 0)
+    LearningRateSchedule(1e-3, 0)
   with pytest.raises(ValueError, match="decay_start_epoch"):
-    optim.learning_rate_schedule(1e-3, 10, decay_start_epoch=300, total_epochs=300)
+    LearningRateSchedule(1e-3, 10, decay_start_epoch=300, total_epochs=300)
+  with pytest.raises(ValueError, match="final_factor: must lie in"):
+    LearningRateSchedule(1e-3, 10, final_factor=0.0)
 
 
 def _config(**overrides):
-  config = optim.default_config()
+  config = config_lib.default_config().optim
   config.update(overrides)
   return config
 

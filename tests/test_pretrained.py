@@ -351,7 +351,10 @@ def small_resnet():
 
 
 def small_2d_model():
-  return create_model("resnet3d50_nl", num_classes=3, rngs=nnx.Rngs(0), stage_depths=(1, 1, 1, 1))
+  # One block per stage holds no non-local block (they follow blocks 1, 3, ...): none asked for.
+  return create_model(
+    "resnet3d50_nl", num_classes=3, rngs=nnx.Rngs(0), stage_depths=(1, 1, 1, 1), nonlocal_stages=()
+  )
 
 
 def test_reid_checkpoints_load_with_their_heads_skipped(tmp_path, small_resnet, caplog):

@@ -14,10 +14,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from reid_jax import config as config_lib
-from reid_jax import state as state_lib
-from reid_jax import train
+from reid_jax import sharding, train
+from reid_jax.checkpoints import CheckpointWriter, latest_meta
 from reid_jax.data import prepare
 from reid_jax.evaluation import runner
+from reid_jax.inference import model as model_lib
 
 from tiny_training import tiny_config, tiny_flags
 
@@ -74,6 +75,10 @@ def test_validation_names_the_field():
     with pytest.raises(ValueError, match=rf"config.{field}: {message}"):
       config_lib.validate(config, num_devices=1)
   config = config_lib.default_config()
+  config.dataset.synthetic.identities, config.dataset.synthetic.cameras = 8, 12
+  with pytest.raises(ValueError, match=r"config.dataset.synthetic.cameras: must be in 2..9"):
+    config_lib.validate(config, num_devices=1)
+  config = config_lib.default_config()
   config.model.stem_pool_padding = 2
   with pytest.raises(ValueError, match=r"config.model.stem_pool_padding: must be 0 or 1"):
     config_lib.validate(config, num_devices=1)
@@ -88,8 +93,10 @@ def test_validation_names_the_field():
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
+  from data_prep.built import DatasetNotBuilt
+
   config = tiny_config(tmp_path / "nothing", **{"dataset.synthetic.identities": 0})
-  with pytest.raises(FileNotFoundError, match="manual_dir"):
+  with pytest.raises(DatasetNotBuilt, match="manual_dir"):
     prepare.prepare_dataset(config, str(tmp_path))
 
 
@@ -163,13 +170,11 @@ def test_eval_restores_a_step_and_reproduces_its_numbers(data_dir, straight_run)
   """eval of the last step gives exactly the training run's final evaluation; of an earlier
   step, that step's numbers, and the report files."""
   workdir, results = straight_run
-  again = runner.evaluate_checkpoint(tiny_config(data_dir, mode="eval"), str(workdir))
+  again = runner.run_eval(tiny_config(data_dir, mode="eval"), str(workdir))
   assert again["step"] == TOTAL_STEPS
   for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
     assert again[key] == results[key], key
-  earlier = runner.evaluate_checkpoint(
-    tiny_config(data_dir, mode="eval", **{"eval.step": 4}), str(workdir)
-  )
+  earlier = runner.run_eval(tiny_config(data_dir, mode="eval", **{"eval.step": 4}), str(workdir))
   assert earlier["step"] == 4
   assert json.loads((workdir / "metrics.json").read_text())["mAP"] == earlier["mAP"]
   assert (workdir / "cmc.png").exists() and list(workdir.glob("attention_q*.png"))
@@ -181,7 +186,7 @@ def test_extract_writes_the_features_eval_scores(data_dir, straight_run):
   from reid_jax import evaluation
 
   workdir, results = straight_run
-  path = runner.extract(tiny_config(data_dir, mode="extract"), str(workdir))
+  path = runner.run_extract(tiny_config(data_dir, mode="extract"), str(workdir))
   assert path.endswith(f"features_step{TOTAL_STEPS}.npz")
   with np.load(path) as saved:
     features = saved["features"]
@@ -194,8 +199,11 @@ def test_extract_writes_the_features_eval_scores(data_dir, straight_run):
 def test_a_checkpoint_of_another_width_is_named(data_dir, straight_run):
   workdir, _ = straight_run
   wider = tiny_config(data_dir, mode="eval", **{"model.width": 8})
-  with pytest.raises(ValueError, match="first mismatch at"):
-    runner.evaluate_checkpoint(wider, str(workdir))
+  with pytest.raises(
+    config_lib.NetworkMismatch,
+    match=r"config.model.width is 8, but the checkpoint in .*checkpoints was trained with 4",
+  ):
+    runner.run_eval(wider, str(workdir))
 
 
 def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(data_dir, tmp_path):
@@ -214,7 +222,7 @@ def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(da
 
   missing = tiny_config(data_dir, **kinetics, **{"init.kinetics_i3d": str(tmp_path / "no.pkl")})
   with pytest.raises(
-    FileNotFoundError,
+    train.state_lib.MissingInitWeights,
     match=r"config.init.kinetics_i3d: .*no.pkl does not "
     r"exist; the Kinetics I3D checkpoints are",
   ):
@@ -225,25 +233,23 @@ def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(da
     data_dir, **kinetics, **{"init.kinetics_i3d": str(tmp_path / "i3d_baseline.pkl")}
   )
   train.train_and_evaluate(config, str(first))
-  meta = train.checkpoint_lib.latest_meta(first / "checkpoints")
+  meta = latest_meta(first / "checkpoints")
   assert meta["normalization"] == "kinetics"
   (tmp_path / "i3d_baseline.pkl").unlink()  # eval needs the checkpoint only
-  _, setup, _ = state_lib.restore_for_eval(
-    tiny_config(data_dir, **kinetics, mode="eval"), str(first)
-  )
-  assert setup.normalization == "kinetics"
+  model = model_lib.restore(tiny_config(data_dir, **kinetics, mode="eval"), str(first))
+  assert model.normalization == "kinetics"
   with pytest.raises(
     ValueError,
     match=r"config.model.stem_pool_padding is 1, but the "
     r"checkpoint in .* was trained with 0",
   ):
-    runner.evaluate_checkpoint(
+    runner.run_eval(
       tiny_config(data_dir, **{**kinetics, "model.stem_pool_padding": 1}, mode="eval"), str(first)
     )
 
   finetune = {**kinetics, "init.checkpoint": str(first / "checkpoints")}
   train.train_and_evaluate(tiny_config(data_dir, **finetune), str(tmp_path / "finetuned"))
-  meta = train.checkpoint_lib.latest_meta(tmp_path / "finetuned" / "checkpoints")
+  meta = latest_meta(tmp_path / "finetuned" / "checkpoints")
   assert meta["normalization"] == "kinetics"
   with pytest.raises(ValueError, match=r"config.model.stem_pool_padding is 1"):
     train.train_and_evaluate(
@@ -267,7 +273,7 @@ def test_non_finite_gradient_norm_stops_the_run_naming_the_step():
 
 
 def test_a_host_array_in_the_train_step_is_an_error(data_dir, tmp_path, monkeypatch):
-  monkeypatch.setattr(state_lib, "global_batch", lambda local, sharding: local)
+  monkeypatch.setattr(sharding, "global_batch", lambda local, batch_sharding: local)
   with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
     train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "guarded"))
 
@@ -280,9 +286,7 @@ def test_preemption_stop_writes_the_pending_metrics(data_dir, tmp_path, monkeypa
     calls.append(None)
     return len(calls) == 3
 
-  monkeypatch.setattr(
-    train.checkpoint_lib.Checkpointer, "preemption_requested", preempted_at_step_3
-  )
+  monkeypatch.setattr(CheckpointWriter, "preemption_requested", preempted_at_step_3)
   workdir = tmp_path / "preempted"
   config = tiny_config(data_dir, **{"train.log_every_steps": 100})
   assert train.train_and_evaluate(config, str(workdir)) == {"preempted_at_step": 3}
@@ -291,22 +295,19 @@ def test_preemption_stop_writes_the_pending_metrics(data_dir, tmp_path, monkeypa
 
 
 def test_report_pictures_show_the_pixels_evaluation_feeds_the_model(data_dir):
-  from reid_jax import data as data_lib
+  from reid_jax.data import BuiltTracklets
+  from reid_jax.inference import chunks
 
   config = tiny_config(data_dir)
   d = config.data
-  eval_iter, _ = data_lib.make_eval_iterator(
-    str(data_dir),
-    "mars",
-    batch_size=d.eval_batch_size,
-    num_frames=d.num_frames,
-    height=d.height,
-    width=d.width,
+  source = BuiltTracklets(str(data_dir), "mars")
+  batch = next(
+    chunks.chunk_batches(
+      source, num_frames=d.num_frames, height=d.height, width=d.width, batch_size=16
+    )
   )
-  batch = next(eval_iter)
-  eval_iter.close()
   first_chunk = int(np.flatnonzero(batch["tracklet"] == 0)[0])  # frames 0..T-1 of tracklet 0
-  frames = runner.report_frames_fn(str(data_dir), config)(0)
+  frames = source.frames(0, d.height, d.width)
   np.testing.assert_array_equal(frames[: d.num_frames], batch["clips"][first_chunk])
 
 
@@ -357,14 +358,22 @@ def test_validate_rejects_structures_that_do_not_fit(overrides, message):
     config_lib.validate(config, num_devices=1)
 
 
-@pytest.mark.parametrize("mode", ["eval", "extract"])
+@pytest.mark.parametrize("mode", ["eval", "extract", "calibrate", "embed", "export"])
 def test_a_mode_needing_a_checkpoint_fails_before_the_dataset_is_touched(tmp_path, mode):
-  config = tiny_config(tmp_path / "data", mode=mode)  # the synthetic data would be generated
+  from reid_jax import modes
+
+  config = tiny_config(tmp_path / "data", mode=mode, **{"embed.input": REPO})
+  if mode == "embed":  # footage is checked first: give it some
+    from PIL import Image
+
+    (tmp_path / "footage" / "t").mkdir(parents=True)
+    Image.new("RGB", (8, 16)).save(tmp_path / "footage" / "t" / "1.png")
+    config.embed.input = str(tmp_path / "footage")
   with pytest.raises(
     FileNotFoundError, match=rf"no checkpoint in .*checkpoints: config.mode={mode}"
   ):
-    (runner.evaluate_checkpoint if mode == "eval" else runner.extract)(config, str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == []  # no data, no checkpoints folder
+    modes.MODES[mode].run(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
 def test_a_missing_step_is_named_with_the_steps_there(data_dir, straight_run):
@@ -373,7 +382,7 @@ def test_a_missing_step_is_named_with_the_steps_there(data_dir, straight_run):
   with pytest.raises(
     FileNotFoundError, match=r"config.eval.step: no checkpoint of step 7 .*\[.*10\]"
   ):
-    runner.evaluate_checkpoint(config, str(workdir))
+    runner.run_eval(config, str(workdir))
 
 
 def test_metrics_of_replayed_steps_are_written_once(tmp_path):
@@ -422,3 +431,59 @@ def test_a_bad_override_is_one_line(tmp_path, args, line):
   assert result.returncode == 1
   assert result.stderr.strip() == line
   assert not (tmp_path / "run").exists()
+
+
+def test_the_modes_and_their_help_come_from_the_registry():
+  from reid_jax import modes
+
+  result = subprocess.run(
+    [sys.executable, "-m", "reid_jax.main", "--help"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  help_text = " ".join(result.stdout.split())  # (absl's --help exits with status 1)
+  readme = open(os.path.join(REPO, "README.md")).read()
+  for name, mode in modes.MODES.items():
+    assert f"{name} {mode.summary}" in help_text
+    assert callable(mode.run)
+    assert f"| `{name}` |" in readme  # the README's table of modes
+  config = config_lib.default_config()
+  config.mode = "sample"
+  with pytest.raises(
+    config_lib.ConfigError, match=r"config.mode: 'sample' is not one of \('train'"
+  ):
+    config_lib.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize(
+  "flags, line",
+  [
+    (
+      ["--config.mode=eval"],
+      r"error: no checkpoint in \S+/checkpoints: config.mode=eval needs a trained run's workdir",
+    ),
+    (
+      ["--config.init.kinetics_i3d=/nowhere/i3d.pkl", "--config.model.name=resnet3d50"],
+      r"error: config.init.kinetics_i3d: /nowhere/i3d.pkl does not exist; the Kinetics I3D .*",
+    ),
+    (
+      ["--config.data.eval_batch_size=7"],
+      r"error: config.data.eval_batch_size: 7 does not divide over 2 devices",
+    ),
+  ],
+)
+def test_an_error_the_user_can_act_on_is_one_line(tmp_path, flags, line):
+  """A UserError from anywhere in a run: one `error:` line on stderr, status 1, no traceback."""
+  result = subprocess.run(
+    [sys.executable, "-m", "reid_jax.main", f"--workdir={tmp_path / 'run'}", *flags],
+    cwd=REPO,
+    env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  assert re.fullmatch(line, result.stderr.strip().splitlines()[-1]), result.stderr

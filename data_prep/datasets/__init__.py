@@ -20,7 +20,7 @@ NAMES = ("mars", "ilidsvid", "prid2011", "duke", "lsvid")
 def get(name: str) -> Dataset:
   """The dataset called `name`."""
   if name not in NAMES:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {NAMES}")
+    raise ValueError(f"{name!r} is not a dataset; choose one of {NAMES}")
   dataset = importlib.import_module(f"{__name__}.{name}").DATASET
   if dataset.name != name:
     raise ValueError(f"{__name__}.{name} declares the dataset {dataset.name!r}")

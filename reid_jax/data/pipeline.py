@@ -1,11 +1,12 @@
-"""tf.data input pipelines for training and evaluation.
+"""The tf.data training pipeline: P x K clips, cropped and flipped.
 
-Shape of both pipelines: a Python generator yields, per step, this process's rows of the global
-batch as encoded JPEG bytes read straight from the shards (`FrameReader`) plus what
-`sampling` decided (crop, flip, masks); tf.data then unbatches, decodes and augments clips in
-parallel (`num_parallel_calls=AUTOTUNE`, order kept) and rebatches. The Python part is a few
-memory copies per clip; the decoding, where the time goes, runs in TensorFlow's thread pool
-outside the GIL. Only the T frames of a clip are ever decoded.
+A Python generator yields, per step, this process's rows of the global batch as encoded JPEG
+bytes read straight from the shards (`FrameReader`) plus what `sampling` decided (crop, flip);
+tf.data then unbatches, decodes and augments clips in parallel (`num_parallel_calls=AUTOTUNE`,
+order kept) and rebatches. The Python part is a few memory copies per clip; the decoding, where
+the time goes, runs in TensorFlow's thread pool outside the GIL. Only the T frames of a clip are
+ever decoded. (Evaluation reads the built dataset through the chunk stream,
+`reid_jax.data.tracklets.BuiltTracklets`.)
 
 Clips are uint8 `[b, T, H, W, 3]`; `normalize_clips` runs on the accelerator.
 
@@ -32,14 +33,7 @@ import tensorflow as tf
 from data_prep import built
 from reid_jax.data import sampling
 from reid_jax.data import tracklets as tracklets_lib
-
-# tf.data only decodes JPEGs here; keep TensorFlow off any GPU so that JAX owns its memory.
-try:
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TensorFlow already initialised by the caller: its devices are its choice
-  pass
-
-TrackletTable = tracklets_lib.TrackletTable
+from reid_jax.data.frames import resize_frame
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -81,17 +75,6 @@ def train_info(data_dir: str, dataset: str, *, split_index: int = 0) -> dict[str
   return dict(num_classes=num_ids, num_tracklets=len(rows), num_identities=num_ids)
 
 
-def resize_frame(image, height: int, width: int) -> tf.Tensor:
-  """Bilinear resize to uint8 `height x width`; frames already that size are passed through."""
-  shape = tf.shape(image)
-
-  def resize():
-    # Bilinear output lies within the input range, so +0.5 and truncation round it.
-    return tf.cast(tf.image.resize(image, [height, width]) + 0.5, tf.uint8)
-
-  return tf.cond((shape[0] == height) & (shape[1] == width), lambda: image, resize)
-
-
 def _crop_windows(jpegs, offset, height, width, up_height, up_width) -> tf.Tensor:
   """`[T, 4]` windows `[y, x, h, w]` in each source frame of the `height x width` crop at
   `offset` in the frame scaled to `up_height x up_width`, rounded to whole source pixels."""
@@ -118,25 +101,6 @@ def _train_clip_fn(num_frames: int, height: int, width: int):
     )
     clip = tf.cond(row["flips"], lambda: tf.reverse(clip, axis=[2]), lambda: clip)
     return dict(clips=clip, labels=row["labels"], camids=row["camids"])
-
-  return clip_fn
-
-
-def decode_eval_frame(jpeg, height: int, width: int) -> tf.Tensor:
-  """A JPEG -> the uint8 `height x width x 3` frame evaluation feeds the model (also what the
-  report's pictures show and what the attention picture runs the model on)."""
-  return resize_frame(tf.io.decode_jpeg(jpeg, channels=3), height, width)
-
-
-def _eval_clip_fn(num_frames: int, height: int, width: int):
-  def clip_fn(row):
-    frames = [decode_eval_frame(row["frames"][t], height, width) for t in range(num_frames)]
-    return dict(
-      clips=tf.stack(frames),
-      frame_mask=row["frame_mask"],
-      tracklet=row["tracklet"],
-      valid=row["valid"],
-    )
 
   return clip_fn
 
@@ -279,59 +243,3 @@ def make_train_iterator(
     camids=tf.TensorSpec([local], tf.int32),
   )
   return _pipeline(batches, signature, _train_clip_fn(num_frames, height, width), local)
-
-
-def make_eval_iterator(
-  data_dir: str,
-  dataset: str,
-  *,
-  batch_size: int,
-  num_frames: int = 8,
-  height: int = 256,
-  width: int = 128,
-  split_index: int = 0,
-  process_index: int | None = None,
-  process_count: int | None = None,
-) -> tuple[NumpyBatches, TrackletTable]:
-  """Every frame of every evaluation tracklet, in chunks of `num_frames` (see `eval_chunks`).
-
-  `batch_size` is the global number of chunks per step; every process yields the same number
-  of batches of `batch_size / process_count` rows (process i: rows `[i * b, (i + 1) * b)` of
-  each global batch). Frames are resized to `height x width`, no crop or flip.
-
-  The eval set is the dataset's `eval` view (`data_prep.datasets`), the same for every person
-  split (`TrackletTable.person_split_role` says who is a test person where); `split_index` is
-  only checked to name one of those splits.
-
-  Returns:
-      The iterator of `clips uint8 [b, T, H, W, 3]`, `frame_mask bool [b, T]`, `tracklet int32
-      [b]` (row in the table, -1 for padding) and `valid bool [b]`; and the TrackletTable.
-  """
-  process_index, process_count = _process(process_index, process_count)
-  rows = _local_rows(batch_size, process_index, process_count)
-  index = built.load_index(data_dir, dataset, "eval")
-  table = tracklets_lib.tracklet_table(index)
-  if table.person_split_role is not None:
-    _training_pool(index, split_index)  # validates split_index
-  chunks = sampling.eval_chunks(table.num_frames, num_frames, batch_size)
-  frames = index["frame_start"][np.maximum(chunks["tracklet"], 0)][:, None] + chunks["positions"]
-  reader = tracklets_lib.FrameReader(data_dir, dataset, index)
-
-  def batches():
-    for start in range(0, len(frames), batch_size):
-      step_rows = slice(start + rows.start, start + rows.stop)
-      yield dict(
-        frames=reader(frames[step_rows]),
-        frame_mask=chunks["frame_mask"][step_rows],
-        tracklet=chunks["tracklet"][step_rows],
-        valid=chunks["valid"][step_rows],
-      )
-
-  local = rows.stop - rows.start
-  signature = dict(
-    frames=tf.TensorSpec([local, num_frames], tf.string),
-    frame_mask=tf.TensorSpec([local, num_frames], tf.bool),
-    tracklet=tf.TensorSpec([local], tf.int32),
-    valid=tf.TensorSpec([local], tf.bool),
-  )
-  return _pipeline(batches, signature, _eval_clip_fn(num_frames, height, width), local), table

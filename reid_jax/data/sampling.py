@@ -1,6 +1,6 @@
-"""What to read, decided in numpy: the P x K training sampler and the evaluation chunking.
+"""What to read, decided in numpy: the P x K training sampler.
 
-Both are pure functions of their arguments (the sampler of `(seed, step)`), so
+It is a pure function of `(seed, step)`, so
 - every process of a multi-host job computes the same global batch and keeps its own contiguous
   slice of rows, with no communication;
 - resuming at step s costs one permutation of the identities, not replaying s steps;
@@ -102,33 +102,3 @@ class TrainSampler:
       ).astype(np.int32),
       flips=rng.random(batch) < 0.5,
     )
-
-
-def eval_chunks(num_frames: np.ndarray, T: int, batch_size: int) -> dict[str, np.ndarray]:
-  """Every frame of every tracklet in consecutive chunks of T, padded to whole batches.
-
-  The last chunk of a tracklet with r < T real frames repeats them cyclically (its own frames,
-  so no other tracklet leaks in) and marks only the r real ones in `frame_mask`. Chunks go
-  tracklet after tracklet, so one batch mixes chunks of many tracklets and memory never grows
-  with tracklet length. Padding rows at the end (`tracklet` -1, `valid` False, no real frames)
-  repeat chunk 0 so they decode like any other row.
-
-  Returns:
-      `tracklet [C]` (row of the table, -1 for padding), `positions [C, T]` (frame positions in
-      the tracklet), `frame_mask [C, T]`, `valid [C]`, with C a multiple of `batch_size`.
-  """
-  chunks_per_tracklet = -(-num_frames // T)
-  tracklet = np.repeat(np.arange(len(num_frames)), chunks_per_tracklet)
-  first_chunk = np.cumsum(chunks_per_tracklet) - chunks_per_tracklet
-  start = (np.arange(len(tracklet)) - first_chunk[tracklet]) * T
-  real = np.minimum(num_frames[tracklet] - start, T)
-  positions = start[:, None] + np.arange(T)[None, :] % real[:, None]
-  frame_mask = np.arange(T)[None, :] < real[:, None]
-  padding = -len(tracklet) % batch_size
-  valid = np.arange(len(tracklet) + padding) < len(tracklet)
-  return dict(
-    tracklet=np.where(valid, np.pad(tracklet, (0, padding)), -1).astype(np.int32),
-    positions=np.concatenate([positions, np.repeat(positions[:1], padding, 0)]),
-    frame_mask=np.concatenate([frame_mask, np.zeros((padding, T), bool)]),
-    valid=valid,
-  )

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reid_jax.distances import BLOCK_BYTES, METRICS, pairwise_distances
+from reid_jax.distances import check_metric, pairwise_distances
 from reid_jax.evaluation import rerank as rerank_lib
+from reid_jax.retrieval import BLOCK_BYTES, block_shape, pad_rows
 
 JUNK_PID = -1
-_BYTES_PER_BLOCK_ELEMENT = 16  # f32 distances, int32 buckets and segment ids, keep mask
 # Match slots compared per pass over a distance block: one fused elementwise loop each.
 _SLOTS_PER_PASS = 8
 
@@ -36,19 +36,6 @@ def is_junk(q_pids, q_camids, g_pids, g_camids):
   """Which gallery items are junk for which query (the rule of this module's docstring): pid -1,
   or the query's pid seen by the query's camera. Broadcasts; numpy or jax arrays."""
   return (g_pids == JUNK_PID) | ((g_pids == q_pids) & (g_camids == q_camids))
-
-
-def block_size(
-  num_queries: int, num_gallery: int, block_bytes: int = BLOCK_BYTES, multiple_of: int = 8
-) -> int:
-  """Queries per block so that one [block, num_gallery] block fits in `block_bytes`.
-
-  Blocks are balanced (the last one is padded least) and a multiple of `multiple_of` rows.
-  """
-  max_rows = max(1, block_bytes // (_BYTES_PER_BLOCK_ELEMENT * max(num_gallery, 1)))
-  num_blocks = -(-num_queries // max_rows)
-  rows = -(-num_queries // num_blocks)
-  return -(-rows // multiple_of) * multiple_of
 
 
 def match_table(
@@ -153,19 +140,14 @@ def summarize(per_query: dict, max_rank: int) -> dict:
   )
 
 
-def _pad_rows(x: np.ndarray, rows: int, fill) -> np.ndarray:
-  pad = rows - x.shape[0]
-  return np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
-
-
 def _prepare(q_pids, g_pids, q_camids, g_camids, block):
   q_pids = np.asarray(q_pids, np.int32)
   q_camids = np.asarray(q_camids, np.int32)
   padded = -(-len(q_pids) // block) * block
-  matches = _pad_rows(match_table(q_pids, g_pids), padded, -1)
+  matches = pad_rows(match_table(q_pids, g_pids), padded, -1)
   return (
-    _pad_rows(q_pids, padded, JUNK_PID),
-    _pad_rows(q_camids, padded, -1),
+    pad_rows(q_pids, padded, JUNK_PID),
+    pad_rows(q_camids, padded, -1),
     matches,
     np.asarray(g_pids, np.int32),
     np.asarray(g_camids, np.int32),
@@ -207,8 +189,8 @@ def rank_statistics_from_distances(
 ) -> dict:
   """Per-query statistics for a host distance matrix, sent to device one row block at a time."""
   num_q, num_g = np.shape(distmat)
-  block = block_size(num_q, num_g, block_bytes)
-  rows = lambda start, stop: _pad_rows(np.asarray(distmat[start:stop], np.float32), block, 0.0)
+  block, _ = block_shape(num_q, num_g, budget=block_bytes)
+  rows = lambda start, stop: pad_rows(np.asarray(distmat[start:stop], np.float32), block, 0.0)
   return rank_in_blocks(rows, q_pids, g_pids, q_camids, g_camids, block=block)
 
 
@@ -228,11 +210,11 @@ def rank_statistics_from_features(
 ) -> dict:
   """Per-query statistics; distances are computed on device one [block, G] block at a time."""
   num_q, num_g = len(query_features), len(gallery_features)
-  block = block_size(num_q, num_g, block_bytes)
+  block, _ = block_shape(num_q, num_g, budget=block_bytes)
   gallery = jax.device_put(np.asarray(gallery_features, np.float32))
   query = np.asarray(query_features, np.float32)
   rows = lambda start, stop: _pairwise_distances_jit(
-    _pad_rows(query[start:stop], block, 0.0), gallery, metric=metric
+    pad_rows(query[start:stop], block, 0.0), gallery, metric=metric
   )
   return rank_in_blocks(rows, q_pids, g_pids, q_camids, g_camids, block=block)
 
@@ -288,8 +270,7 @@ def evaluate(
     dict(cmc=float64 [max_rank], mAP=float, mINP=float, num_valid_queries=int,
          per_query=dict of [Q] arrays first_rank, ap, inp, valid).
   """
-  if metric not in METRICS:
-    raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+  check_metric(metric)
   if rerank:
     encoding = rerank_lib.encode(
       query_features, gallery_features, metric=metric, block_bytes=block_bytes

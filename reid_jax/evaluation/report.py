@@ -1,24 +1,35 @@
-"""What an evaluation leaves on disk: metrics.json, the CMC curve, ranked results, attention."""
+"""What an evaluation leaves on disk: metrics.json, the CMC curve, ranked sheets, attention.
+
+Every file is written whole or not at all (`data_prep.files`). `write_report` is called by every
+process of a run: the ranked sheets' top k is computed by all of them together
+(`reid_jax.retrieval.top_k`), and process 0 writes the files.
+"""
 
 import json
 import os
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reid_jax.distances import pairwise_distances  # noqa: E402
+from data_prep.files import atomic_write  # noqa: E402
+from reid_jax import ranked_sheets, retrieval  # noqa: E402
 from reid_jax.evaluation.protocols import protocol_sets  # noqa: E402
-from reid_jax.evaluation.ranking import is_junk  # noqa: E402
+from reid_jax.evaluation.ranking import JUNK_PID  # noqa: E402
 
 DPI = 100
 CMC_SIZE = (6.4, 4.8)  # inches: 640 x 480 pixels
-FRAMES_SHOWN = 8
-_BORDER = 4
-_TITLE_PIXELS = 24
-_GREEN, _RED, _GREY = (0, 170, 0), (220, 0, 0), (128, 128, 128)
+
+
+def save_figure(fig, path: str) -> str:
+  """A matplotlib figure to the PNG file `path` (closing it); returns `path`."""
+  with atomic_write(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=DPI)
+  plt.close(fig)
+  return path
 
 
 def _scalars(results: dict) -> dict:
@@ -34,9 +45,8 @@ def _scalars(results: dict) -> dict:
 def write_metrics(workdir: str, results: dict) -> str:
   """metrics.json: every scalar of `results` (fractions in [0, 1]) plus the CMC curve."""
   path = os.path.join(workdir, "metrics.json")
-  with open(path + ".tmp", "w") as f:
+  with atomic_write(path) as f:
     json.dump(_scalars(results), f, indent=1)
-  os.replace(path + ".tmp", path)
   return path
 
 
@@ -56,49 +66,27 @@ def plot_cmc(path: str, results: dict) -> str:
   )
   ax.grid(alpha=0.3)
   ax.legend(loc="lower right")
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
-def _strip(frames: np.ndarray, colour, count: int = FRAMES_SHOWN) -> np.ndarray:
-  """Up to `count` frames evenly spread over the tracklet, side by side, in a coloured frame."""
-  frames = np.asarray(frames, np.uint8)
-  picked = frames[np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)]
-  h, w = picked.shape[1:3]
-  strip = np.zeros((h + 2 * _BORDER, count * w + 2 * _BORDER, 3), np.uint8)
-  strip[...] = 255
-  strip[:, : len(picked) * w + 2 * _BORDER] = colour
-  strip[_BORDER : _BORDER + h, _BORDER : _BORDER + len(picked) * w] = np.concatenate(picked, axis=1)
-  return strip
-
-
-def ranked_sheet_pixels(strip_shape, num_strips: int) -> np.ndarray:
-  """(width, height) in pixels of a ranked-results sheet: strips plus a title line each."""
-  return np.array([max(strip_shape[1] + 40, 400), num_strips * (strip_shape[0] + _TITLE_PIXELS)])
-
-
-def plot_ranked_results(path: str, query_row: int, ranked_rows, table, frames_fn, distances) -> str:
-  """The query's frames, then each top-k gallery tracklet, green = same person, red = not.
-
-  `ranked_rows` are table rows in rank order, `distances` their distances to the query.
-  """
+def ranked_sheet(path: str, query_row: int, ranked_rows, distances, table, frames_fn) -> str:
+  """The query's frames, then each ranked gallery tracklet (`ranked_rows` in rank order, at
+  `distances`): green = the query's person, red = not (`reid_jax.ranked_sheets`)."""
   pids, camids = np.asarray(table.pids), np.asarray(table.camids)
-  rows = [(query_row, _GREY, f"query  pid {pids[query_row]}  cam {camids[query_row]}")]
+  rows = [
+    ranked_sheets.Row(
+      frames_fn(int(query_row)), f"query  pid {pids[query_row]}  cam {camids[query_row]}"
+    )
+  ]
   for rank, (row, dist) in enumerate(zip(ranked_rows, distances), start=1):
-    colour = _GREEN if pids[row] == pids[query_row] else _RED
-    rows.append((row, colour, f"#{rank}  pid {pids[row]}  cam {camids[row]}  d={dist:.3g}"))
-  strips = [_strip(frames_fn(int(r)), c) for r, c, _ in rows]
-  fig = plt.figure(figsize=ranked_sheet_pixels(strips[0].shape, len(strips)) / DPI, dpi=DPI)
-  axes = fig.subplots(len(strips), 1)
-  for ax, strip, (_, _, text) in zip(axes, strips, rows):
-    ax.imshow(strip)
-    ax.set_axis_off()
-    ax.set_title(text, fontsize=8, loc="left")
-  fig.subplots_adjust(left=0.01, right=0.99, top=0.98, bottom=0.01, hspace=0.35)
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
-  return path
+    rows.append(
+      ranked_sheets.Row(
+        frames_fn(int(row)),
+        f"#{rank}  pid {pids[row]}  cam {camids[row]}  d={dist:.3g}",
+        verdict=bool(pids[row] == pids[query_row]),
+      )
+    )
+  return ranked_sheets.write(path, rows)
 
 
 def plot_attention(
@@ -147,14 +135,37 @@ def plot_attention(
     ax.set_title(f"key frame {k}", fontsize=8)
   fig.suptitle("non-local attention of the starred position\n(+ = strongest per frame)", fontsize=9)
   fig.subplots_adjust(top=0.8)  # room for the two-line title above the frame titles
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
 def chosen_queries(query_rows: np.ndarray, count: int) -> np.ndarray:
   """`count` queries evenly spread over the query list (deterministic)."""
   return query_rows[np.linspace(0, len(query_rows) - 1, min(count, len(query_rows))).astype(int)]
+
+
+def ranked_galleries(results: dict, features, table, queries, *, metric: str, top_k: int):
+  """`(distances [q, k], table rows [q, k])` of the `top_k` nearest gallery tracklets of each
+  of `queries` (table rows) under the results' protocol, ranked by the plain metric with junk
+  left out as the metrics leave it (pid -1, and the query's pid in the query's camera). Every
+  process must call it."""
+  split = results.get("splits", [0])[0]
+  _, gallery_rows = protocol_sets(results["protocol"], table, split)
+  features = np.asarray(features)
+  pids, camids = np.asarray(table.pids), np.asarray(table.camids)
+  q_groups, g_groups = retrieval.group_codes(
+    [(p, c) for p, c in zip(pids[queries], camids[queries])],
+    [(p, c) for p, c in zip(pids[gallery_rows], camids[gallery_rows])],
+  )
+  distances, positions = retrieval.top_k(
+    features[queries],
+    features[gallery_rows],
+    min(top_k, len(gallery_rows)),
+    metric=metric,
+    query_groups=q_groups,
+    gallery_groups=g_groups,
+    gallery_mask=pids[gallery_rows] != JUNK_PID,
+  )
+  return distances, np.where(positions >= 0, gallery_rows[positions], -1)
 
 
 def write_report(
@@ -163,56 +174,53 @@ def write_report(
   *,
   features=None,
   table=None,
-  config=None,
   frames_fn=None,
   attention_fn=None,
-  metric=None,
+  metric: str = "euclidean",
   num_queries: int = 4,
   top_k: int = 10,
 ) -> dict:
   """Writes metrics.json and cmc.png; with features + table + frames_fn, ranked_q<row>.png for
-  `num_queries` queries; with attention_fn (non-local models), attention_q<row>.png.
+  `num_queries` queries; with attention_fn (non-local models), attention_q<row>.png. Every
+  process must call it; process 0 writes.
 
   Args:
     workdir: output folder (created).
     results: `run_protocol` output.
     features, table: [N, D] features and TrackletTable of the evaluation set.
-    config: the run's config; only `config.eval.metric` is read (else `metric`, else euclidean).
     frames_fn: `tracklet row -> uint8 [n, H, W, 3]` frames.
     attention_fn: `tracklet row -> (clip uint8 [T, H, W, 3], attention list)` from the model's
       `return_attention=True` output; the deepest block is drawn.
-  The sheets rank by the plain metric (not re-ranked), junk left out as in the metrics; the
-  attention picture is drawn for the first chosen query only.
+    metric: the distance the sheets rank by (not re-ranked).
+  The attention picture is drawn for the first chosen query only.
 
   Returns:
-    {name: path} of the files written.
+    {name: path} of the files written (on process 0; empty on the others).
   """
-  os.makedirs(workdir, exist_ok=True)
-  written = {
-    "metrics": write_metrics(workdir, results),
-    "cmc": plot_cmc(os.path.join(workdir, "cmc.png"), results),
-  }
-  if features is None or table is None:
+  writes = jax.process_index() == 0
+  written = {}
+  if writes:
+    os.makedirs(workdir, exist_ok=True)
+    written["metrics"] = write_metrics(workdir, results)
+    written["cmc"] = plot_cmc(os.path.join(workdir, "cmc.png"), results)
+  if features is None or table is None or frames_fn is None:
     return written
-  metric = metric or (config.eval.metric if config is not None else "euclidean")
   split = results.get("splits", [0])[0]
-  query_rows, gallery_rows = protocol_sets(results["protocol"], table, split)
-  features = np.asarray(features)
-  pids, camids = np.asarray(table.pids), np.asarray(table.camids)
-  for i, q in enumerate(chosen_queries(query_rows, num_queries)):
-    if frames_fn is not None:
-      dist = np.asarray(pairwise_distances(features[q][None], features[gallery_rows], metric))[0]
-      # Show what the metrics rank: junk is left out.
-      keep = ~is_junk(pids[q], camids[q], pids[gallery_rows], camids[gallery_rows])
-      order = np.flatnonzero(keep)[np.argsort(dist[keep], kind="stable")[:top_k]]
-      written[f"ranked_q{q}"] = plot_ranked_results(
-        os.path.join(workdir, f"ranked_q{q}.png"),
-        q,
-        gallery_rows[order],
-        table,
-        frames_fn,
-        dist[order],
-      )
+  query_rows, _ = protocol_sets(results["protocol"], table, split)
+  chosen = chosen_queries(query_rows, num_queries)
+  distances, ranked = ranked_galleries(results, features, table, chosen, metric=metric, top_k=top_k)
+  if not writes:
+    return written
+  for i, q in enumerate(chosen):
+    keep = ranked[i] >= 0
+    written[f"ranked_q{q}"] = ranked_sheet(
+      os.path.join(workdir, f"ranked_q{q}.png"),
+      q,
+      ranked[i][keep],
+      distances[i][keep],
+      table,
+      frames_fn,
+    )
     if attention_fn is not None and i == 0:
       clip, attention = attention_fn(int(q))
       written[f"attention_q{q}"] = plot_attention(

@@ -16,14 +16,17 @@ by its row maximum over all N items, and k/2 is rounded (k1=20 -> 10). (torchrei
 its already squared distances once more, so its re-ranked numbers differ slightly.)
 
 Memory: O(N * k1^2) for the sparse encodings plus one [block, G] block at a time:
-  1. one blocked pass over the N x N distances keeps the k1+1 nearest neighbours and row maxima;
+  1. the k1+1 nearest neighbours of every item come from the exact top k of
+     `reid_jax.retrieval` (the N items against themselves, over every device), and the row
+     maxima from one blocked pass over the N x N distances;
   2. reciprocal sets, their expansion and V come from the neighbour lists alone, as padded
      sparse rows (column index, value);
   3. per block of queries, s = sum_j min(V[q,j], V[g,j]) is a sparse-sparse join through an
      inverted index of the gallery rows (entries sorted by column): the (query entry, gallery
      entry) pairs sharing a column are laid out flat and summed into [block, G] by one
      segment_sum, then mixed with that block's distances.
-Ties in the neighbour lists follow index order (top_k keeps the lower index first).
+Ties in the neighbour lists follow index order, as the top k keeps them. Blocks are shaped by
+`reid_jax.retrieval.block_shape` from one memory budget.
 """
 
 import dataclasses
@@ -33,21 +36,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reid_jax.distances import BLOCK_BYTES, pairwise_distances
+from reid_jax import retrieval
+from reid_jax.distances import pairwise_distances
+from reid_jax.retrieval import BLOCK_BYTES, block_shape, pad_rows
 
 K1, K2, LAMBDA = 20, 6, 0.3
-# Bytes per element of a [rows, N] distance block and its top_k temporaries.
-_BYTES_PER_DISTANCE = 12
 # Bytes per flattened (query entry, gallery entry) pair in the Jaccard join.
-_BYTES_PER_PAIR = 24
+_BYTES_PER_JOIN_PAIR = 24
 
 
-@functools.partial(jax.jit, static_argnames=("k", "metric"))
-def _knn_block(rows, features, *, k, metric):
-  dist = pairwise_distances(rows, features, metric)
-  row_max = jnp.max(dist, axis=1)
-  _, nearest = jax.lax.top_k(-(dist / row_max[:, None]), k)
-  return row_max, nearest.astype(jnp.int32)
+@functools.partial(jax.jit, static_argnames="metric")
+def _row_max(rows, features, *, metric):
+  return jnp.max(pairwise_distances(rows, features, metric), axis=1)
 
 
 def _reciprocal(nearest):
@@ -142,20 +142,21 @@ def encode(
   query_features, gallery_features, *, metric="euclidean", k1=K1, k2=K2, block_bytes=BLOCK_BYTES
 ) -> KReciprocalEncoding:
   """Builds the sparse k-reciprocal encodings of queries + gallery (steps 1 and 2 above)."""
-  features = jnp.asarray(np.concatenate([query_features, gallery_features]), jnp.float32)
+  host_features = np.concatenate([query_features, gallery_features]).astype(np.float32)
+  features = jnp.asarray(host_features)
   n = features.shape[0]
   k = min(k1 + 1, n)
-  block = int(max(1, min(n, block_bytes // (_BYTES_PER_DISTANCE * n))))
-  maxima, nearest = [], []
-  for start in range(0, n, block):
-    rows = features[start : start + block]
-    row_max, knn = jax.device_get(
-      _knn_block(jnp.pad(rows, ((0, block - rows.shape[0]), (0, 0))), features, k=k, metric=metric)
-    )
-    maxima.append(row_max)
-    nearest.append(knn)
-  row_max = jnp.asarray(np.concatenate(maxima)[:n])
-  nearest = jnp.asarray(np.concatenate(nearest)[:n])
+  block, _ = block_shape(n, n, budget=block_bytes)
+  row_max = np.concatenate(
+    [
+      np.asarray(_row_max(pad_rows(host_features[s : s + block], block), features, metric=metric))
+      for s in range(0, n, block)
+    ]
+  )
+  row_max = jnp.asarray(row_max[:n])
+  # Dividing a row by its maximum keeps its order: the neighbours are the plain top k.
+  _, nearest = retrieval.top_k(host_features, host_features, k, metric=metric, budget=block_bytes)
+  nearest = jnp.asarray(nearest)
 
   members = _expanded_sets(nearest, half=min(int(np.around(k1 / 2)), k - 1))
   members = members[:, : int(jnp.max(jnp.sum(members < n, axis=1)))]
@@ -241,17 +242,16 @@ def _reranked_block(rows, encoding_arrays, lambda_value, *, num_pairs, num_queri
   return (1.0 - lambda_value) * jaccard + lambda_value * dist
 
 
-def block_rows(encoding: KReciprocalEncoding, block_bytes: int, multiple_of: int = 8) -> int:
-  """Queries per block so that one block's distances and Jaccard pairs fit in `block_bytes`."""
-  pairs = np.sort(encoding.pairs_per_query())[::-1]
-  per_row = _BYTES_PER_DISTANCE * encoding.num_gallery
-  rows = multiple_of
-  # Grow while the worst block (the rows with most pairs) still fits.
-  while (
-    rows < encoding.num_queries
-    and 2 * rows * per_row + pairs[: 2 * rows].sum() * _BYTES_PER_PAIR <= block_bytes
-  ):
-    rows *= 2
+def block_rows(encoding: KReciprocalEncoding, block_bytes: int) -> int:
+  """Queries per block so that one block's distances and Jaccard pairs fit in `block_bytes`
+  (each row counted with the most pairs any query has)."""
+  most_pairs = int(encoding.pairs_per_query().max(initial=0))
+  rows, _ = block_shape(
+    encoding.num_queries,
+    encoding.num_gallery,
+    bytes_per_row=_BYTES_PER_JOIN_PAIR * most_pairs,
+    budget=block_bytes,
+  )
   return rows
 
 

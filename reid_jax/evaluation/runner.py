@@ -1,5 +1,9 @@
-"""Evaluation of a model state: features of every evaluation tracklet, the configured protocol's
-numbers, the report; and the `eval` and `extract` modes, which restore a checkpoint first."""
+"""Evaluation of a model on a built dataset's evaluation set, and the `eval` and `extract` modes.
+
+`evaluate` takes an `InferenceModel` (restored from a checkpoint, or the trainer's live weights)
+and the evaluation set as a chunk-stream source: per-tracklet features, the configured
+protocol's numbers, and (with a workdir) the report. Every process runs it; process 0 writes.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +14,26 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
-from data_prep import built, datasets
+from data_prep import datasets
+from data_prep.errors import UserError
+from data_prep.files import atomic_write
 from reid_jax import config as config_lib
-from reid_jax import data as data_lib
-from reid_jax import state as state_lib
-from reid_jax.evaluation.extraction import extract_features
+from reid_jax.data.tracklets import BuiltTracklets, TrackletTable
 from reid_jax.evaluation.protocols import format_metrics, run_protocol
 from reid_jax.evaluation.report import write_report
+from reid_jax.inference import features as features_lib
+from reid_jax.inference import model as model_lib
 
 log = logging.getLogger("reid_jax")
 
 
-def extract_eval_features(setup: state_lib.Setup, config, data_dir: str, feature_fn=None):
-  """Per-tracklet features `[N, D]` of the evaluation set (the same on every process), and its
-  TrackletTable."""
-  feature_fn = feature_fn or state_lib.make_feature_fn(setup)
-  eval_iter, table = data_lib.make_eval_iterator(
-    data_dir,
-    config.dataset.name,
-    batch_size=config.data.eval_batch_size,
-    num_frames=config.data.num_frames,
-    height=config.data.height,
-    width=config.data.width,
-    split_index=config.dataset.split_index,
-  )
-  state = setup.state
-  features = extract_features(
-    lambda clips: feature_fn(
-      state, jax.make_array_from_process_local_data(setup.batch_sharding, clips)
-    ),
-    eval_iter,
-    len(table.pids),
-  )
-  return features, table
+class SplitFeaturesError(UserError, ValueError):
+  """`config.eval.split_features` lists files that cannot be scored together."""
+
+
+class MissingSplitFeatures(UserError, FileNotFoundError):
+  """A file listed in `config.eval.split_features` does not exist."""
 
 
 def _score(config, name: str, features, table, splits) -> dict:
@@ -60,121 +49,89 @@ def _score(config, name: str, features, table, splits) -> dict:
   )
 
 
-def evaluate_state(
-  setup: state_lib.Setup, config, data_dir: str, workdir: str | None, *, step: int, feature_fn=None
-) -> tuple[dict, np.ndarray, data_lib.TrackletTable]:
-  """Extracts features, scores the configured protocol and (with `workdir`) writes the report.
-  Returns the results, the per-tracklet features and their table."""
+def evaluate(
+  model: model_lib.InferenceModel, config, source: BuiltTracklets, workdir: str | None
+) -> tuple[dict, np.ndarray]:
+  """Features of every tracklet of `source`, the configured protocol's numbers and (with
+  `workdir`) the report. Returns the results and the `[N, D]` features."""
   start = time.time()
-  features, table = extract_eval_features(setup, config, data_dir, feature_fn)
+  features = features_lib.tracklet_features(model, source, config.data)
   extract_seconds = time.time() - start
   name = config_lib.protocol(config)
   # A model trained on one person split is scored on that split only: the test people of the
   # other splits were its training people. `score_split_features` averages 10 models' splits.
   splits = [config.dataset.split_index] if datasets.protocol(name).person_splits else None
-  results = _score(config, name, features, table, splits)
-  results["step"] = step
+  results = _score(config, name, features, source.table, splits)
+  results["step"] = model.step
   log.info(
     "Step %d, protocol %s: %s  (features in %.1fs)",
-    step,
+    model.step,
     results["protocol"],
     format_metrics(results),
     extract_seconds,
   )
-  if workdir is not None and jax.process_index() == 0:
-    frames_fn = report_frames_fn(data_dir, config)
+  if workdir is not None:
+    d = config.data
+    frames_fn = lambda row: source.frames(row, d.height, d.width)
     write_report(
       workdir,
       results,
       features=features,
-      table=table,
-      config=config,
+      table=source.table,
       frames_fn=frames_fn,
-      attention_fn=report_attention_fn(setup, config, frames_fn),
+      attention_fn=attention_fn(model, d.num_frames, frames_fn),
+      metric=config.eval.metric,
       num_queries=config.eval.num_ranked_queries,
       top_k=config.eval.top_k,
     )
-  return results, features, table
+  return results, features
 
 
-def report_frames_fn(data_dir: str, config, max_frames: int = 32):
-  """`tracklet row -> uint8 [n, H, W, 3]`: its first `max_frames` frames, decoded and resized
-  by the evaluation pipeline's own function, for the ranked-results sheets and the attention
-  picture (which thus runs the model on the pixels evaluation gives it)."""
-  from reid_jax.data import pipeline, tracklets
-
-  index = built.load_index(data_dir, config.dataset.name, "eval")
-  reader = tracklets.FrameReader(data_dir, config.dataset.name, index)
-
-  def frames(row: int) -> np.ndarray:
-    start, end = index["frame_start"][row], index["frame_start"][row + 1]
-    jpegs = reader(np.arange(start, min(end, start + max_frames)))
-    return np.stack(
-      [
-        pipeline.decode_eval_frame(bytes(j), config.data.height, config.data.width).numpy()
-        for j in jpegs
-      ]
-    )
-
-  return frames
-
-
-def report_attention_fn(setup: state_lib.Setup, config, frames_fn):
-  """For non-local models: `tracklet -> (frames, attention dicts)` of its first chunk, whose
-  frames come from `frames_fn` (the one the ranked sheets use)."""
-  arch = nnx.merge(setup.graphdef, setup.state)[0].arch
-  if not arch.nonlocal_stages or not arch.inflate:
+def attention_fn(model: model_lib.InferenceModel, num_frames: int, frames_fn):
+  """For non-local 3D models: `tracklet row -> (clip, attention dicts)` of its first chunk, its
+  frames from `frames_fn` (those of the ranked sheets, as the chunk stream decodes them)."""
+  if not model.arch.nonlocal_stages or not model.arch.inflate:
     return None
-  t = config.data.num_frames
-  graphdef, normalization = setup.graphdef, setup.normalization
 
-  @jax.jit
-  def forward(state, clip):
-    model, _, inputs = state_lib.bind(graphdef, normalization, state, clip, train=False)
-    return model(inputs, return_attention=True)["attention"]
-
-  def attention(tracklet: int):
-    frames = frames_fn(tracklet)
-    clip = np.resize(frames, (t,) + frames.shape[1:]) if len(frames) < t else frames[:t]
-    # Only process 0 draws: run on its own copy of the replicated weights, so the other
-    # processes need not take part in this computation.
-    local_state = jax.tree.map(lambda x: x.addressable_data(0), setup.state)
-    attentions = forward(local_state, clip[None])
-    # Under jit the grids came back as arrays; the picture wants them as Python ints.
-    return clip, [
-      {
-        "weights": np.asarray(a["weights"]),
-        "query_grid": tuple(int(v) for v in a["query_grid"]),
-        "key_grid": tuple(int(v) for v in a["key_grid"]),
-      }
-      for a in attentions
-    ]
+  def attention(row: int):
+    frames = frames_fn(row)
+    clip = (
+      np.resize(frames, (num_frames,) + frames.shape[1:])
+      if len(frames) < num_frames
+      else frames[:num_frames]
+    )
+    return clip, model.attention(clip)
 
   return attention
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """`eval` mode: restores `config.eval.step` (default the latest) and writes the report; with
-  `config.eval.split_features` it scores saved features instead (see `score_split_features`)."""
-  config_lib.validate(config, num_devices=jax.device_count())
+def _restore_with_dataset(config, workdir: str):
+  """The checkpoint found first (cheap), then the built dataset, then the weights."""
+  checkpoint = model_lib.find_checkpoint(config, workdir)
+  source = BuiltTracklets(config_lib.data_dir(config, workdir), config.dataset.name)
+  return model_lib.restore(config, workdir, checkpoint=checkpoint), source
+
+
+def run_eval(config, workdir: str) -> dict:
+  """`eval` mode: restores `config.eval.step` (default the newest) and writes the report; with
+  `config.eval.split_features` it scores saved features instead (`score_split_features`)."""
   if config.eval.split_features:
     return score_split_features(config, workdir)
-  data_dir, setup, step = state_lib.restore_for_eval(config, workdir)
-  results, _, _ = evaluate_state(setup, config, data_dir, workdir, step=step)
+  model, source = _restore_with_dataset(config, workdir)
+  results, _ = evaluate(model, config, source, workdir)
   return results
 
 
-def extract(config, workdir: str) -> str:
-  """`extract` mode: per-tracklet features, pids and cameras of the eval set to a `.npz`."""
-  config_lib.validate(config, num_devices=jax.device_count())
-  data_dir, setup, step = state_lib.restore_for_eval(config, workdir)
-  features, table = extract_eval_features(setup, config, data_dir)
-  path = os.path.join(workdir, f"features_step{step}.npz")
+def run_extract(config, workdir: str) -> str:
+  """`extract` mode: per-tracklet features, pids and cameras of the eval set to
+  `<workdir>/features_step<N>.npz`; returns its path."""
+  model, source = _restore_with_dataset(config, workdir)
+  features = features_lib.tracklet_features(model, source, config.data)
+  path = os.path.join(workdir, f"features_step{model.step}.npz")
   if jax.process_index() == 0:
-    arrays = {k: v for k, v in dataclasses.asdict(table).items() if v is not None}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, features=features, **arrays)
-    os.replace(tmp, path)
+    arrays = {k: v for k, v in dataclasses.asdict(source.table).items() if v is not None}
+    with atomic_write(path, "wb") as f:
+      np.savez(f, features=features, **arrays)
     log.info("Wrote %s: features %s", path, features.shape)
   return path
 
@@ -186,19 +143,19 @@ def score_split_features(config, workdir: str) -> dict:
   paths = [p.strip() for p in config.eval.split_features.split(",") if p.strip()]
   name = config_lib.protocol(config)
   if not datasets.protocol(name).person_splits:
-    raise ValueError(f"config.eval.split_features: protocol {name!r} has no person splits")
-  features, table = [], None
+    raise SplitFeaturesError(f"config.eval.split_features: protocol {name!r} has no person splits")
   for path in paths:
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"config.eval.split_features: no file {path}")
+      raise MissingSplitFeatures(f"config.eval.split_features: no file {path}")
+  features, table = [], None
+  for path in paths:
     with np.load(path) as saved:
       features.append(saved["features"])
       if table is None:
-        table = data_lib.TrackletTable(**{k: saved[k] for k in saved.files if k != "features"})
+        table = TrackletTable(**{k: saved[k] for k in saved.files if k != "features"})
       elif not np.array_equal(saved["pids"], table.pids):
-        raise ValueError(f"{path} holds another evaluation set than {paths[0]}")
+        raise SplitFeaturesError(f"{path} holds another evaluation set than {paths[0]}")
   results = _score(config, name, features, table, range(len(paths)))
   log.info("%s over %d splits: %s", name, len(paths), format_metrics(results))
-  if jax.process_index() == 0:
-    write_report(workdir, results)
+  write_report(workdir, results)
   return results

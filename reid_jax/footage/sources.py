@@ -1,4 +1,5 @@
-"""A user's footage as tracklets: folders of crops, or videos with MOTChallenge track files.
+"""A user's footage as tracklets: folders of crops, or videos with MOTChallenge track files, and
+`FootageTracklets`, the chunk stream's source over them.
 
     ROOT/<tracklet>/<frames>             tracklets of one unnamed camera
     ROOT/<camera>/<tracklet>/<frames>    tracklets per camera
@@ -11,16 +12,24 @@ order). A track file has one box per line, `frame,id,left,top,width,height[,conf
 checked here, before any frame is decoded: a bad input is named (file, and line for track files)
 or, with `skip_bad`, skipped and counted: malformed track-file lines and boxes wholly outside
 their frame (boxes over the edge are clipped). Unreadable videos and frames are always errors.
+
+Reading: image files are decoded by the one image decoder (`reid_jax.data.frames`), many chunks
+at once in tf.data's thread pool; a video is decoded once, sequentially (PyAV), and each box is
+cut from its frame and resized by the same resize.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import re
+from collections.abc import Iterator
 
 import numpy as np
+
+from data_prep.errors import UserError
 
 log = logging.getLogger("reid_jax")
 
@@ -29,7 +38,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
-class FootageError(ValueError):
+class FootageError(UserError, ValueError):
   """A bad input; the message names the file (and line)."""
 
 
@@ -251,3 +260,140 @@ def crop(frame: np.ndarray, box: np.ndarray, where: str) -> np.ndarray:
   if right <= left or bottom <= top:
     raise FootageError(f"{where}: the box {box.tolist()} lies outside the {width}x{height} frame")
   return frame[top:bottom, left:right]
+
+
+class FootageTracklets:
+  """Tracks of a user's footage (`discover`'s output) as a source of the chunk stream
+  (`reid_jax.inference.chunks`): row i is `tracks[i]`. A video's tracks are read together, from
+  one decoding pass; every tracklet folder alone."""
+
+  def __init__(self, tracks: list[Track]):
+    self.tracks = list(tracks)
+    self._rows_of: dict[str, list[int]] = {}
+    for row, track in enumerate(self.tracks):
+      key = track.source if track.paths is None else f"folder {row}"
+      self._rows_of.setdefault(key, []).append(row)
+
+  @property
+  def num_frames(self) -> np.ndarray:
+    return np.array([t.num_frames for t in self.tracks], np.int64)
+
+  def groups(self) -> list[np.ndarray]:
+    return [np.array(rows, np.int64) for rows in self._rows_of.values()]
+
+  def clips(self, plan, height: int, width: int, block: int) -> Iterator:
+    """Runs of chunks of folder tracks are decoded in parallel; each video in one pass."""
+
+    def video_of(chunk: int) -> str | None:
+      track = self.tracks[plan.tracklet[chunk]]
+      return track.source if track.paths is None else None
+
+    for video, run in itertools.groupby(range(len(plan)), key=video_of):
+      ids = np.fromiter(run, np.int64)
+      if video is None:
+        yield from self._folder_clips(plan, ids, height, width, block)
+      else:
+        yield from self._video_clips(plan, ids, height, width)
+
+  def _folder_clips(self, plan, ids: np.ndarray, height: int, width: int, block: int):
+    from reid_jax.data import frames as frames_lib
+
+    def path(chunk: int, slot: int) -> str:
+      return self.tracks[plan.tracklet[chunk]].paths[plan.positions[chunk, slot]]
+
+    def blocks():
+      for first in range(0, len(ids), block):
+        chunk_ids = ids[first : first + block]
+        encoded = np.empty((len(chunk_ids), plan.num_frames), object)
+        for i, chunk in enumerate(chunk_ids):
+          for slot in range(plan.num_frames):
+            try:
+              with open(path(chunk, slot), "rb") as f:
+                encoded[i, slot] = f.read()
+            except OSError as e:
+              raise FootageError(f"{path(chunk, slot)}: unreadable frame ({e.strerror})") from None
+        yield chunk_ids, encoded
+
+    try:
+      yield from frames_lib.decode_chunks(blocks(), block=block, height=height, width=width)
+    except frames_lib.UndecodableFrame as e:
+      raise FootageError(f"{path(e.chunk, e.slot)}: unreadable frame ({e.reason})") from None
+
+  def _video_clips(self, plan, ids: np.ndarray, height: int, width: int):
+    """The chunks `ids` (all of one video's tracks) from one sequential decoding pass."""
+    import av
+
+    from reid_jax.data import frames as frames_lib
+
+    video = self.tracks[plan.tracklet[ids[0]]].source
+    T = plan.num_frames
+    needs: dict[int, list[tuple[int, int, int]]] = {}  # frame -> [(chunk, slot, position)]
+    for chunk in ids:
+      track = self.tracks[plan.tracklet[chunk]]
+      for slot in range(T):
+        position = int(plan.positions[chunk, slot])
+        needs.setdefault(int(track.frame_numbers[position]), []).append((chunk, slot, position))
+    last = max(needs)
+    buffers: dict[int, np.ndarray] = {}
+    missing = {int(chunk): T for chunk in ids}
+    decoded = 0
+    try:
+      with av.open(video) as container:
+        for decoded, frame in enumerate(container.decode(video=0), start=1):
+          if decoded > last:
+            break
+          if decoded not in needs:
+            continue
+          image = frame.to_ndarray(format="rgb24")
+          resized: dict[tuple[int, int], np.ndarray] = {}
+          for chunk, slot, position in needs[decoded]:
+            row = int(plan.tracklet[chunk])
+            if (row, position) not in resized:
+              track = self.tracks[row]
+              where = f"{video} frame {decoded} ({track.name})"
+              box = crop(image, track.boxes[position], where)
+              resized[row, position] = frames_lib.resize_frame(box, height, width).numpy()
+            buffers.setdefault(chunk, np.empty((T, height, width, 3), np.uint8))
+            buffers[chunk][slot] = resized[row, position]
+            missing[chunk] -= 1
+            if not missing[chunk]:
+              yield np.array([chunk]), buffers.pop(chunk)[None]
+    except FootageError:
+      raise
+    except Exception as e:  # PyAV raises many types for damaged streams.
+      raise FootageError(
+        f"{video}: unreadable at frame {decoded + 1} ({type(e).__name__}: {e})"
+      ) from None
+    if decoded < last:
+      raise FootageError(
+        f"{video} has {decoded} frames, but its track file has boxes up to frame {last}"
+      )
+
+  def frames(self, row: int, count: int) -> list[np.ndarray]:
+    """Up to `count` frames spread evenly over tracklet `row` (uint8 `[h, w, 3]` each, as cut
+    from the footage, so of their own sizes): for ranked sheets."""
+    from reid_jax.data import frames as frames_lib
+
+    track = self.tracks[row]
+    picked = np.unique(np.linspace(0, track.num_frames - 1, min(count, track.num_frames)).round())
+    picked = picked.astype(int)
+    if track.paths is not None:
+      images = []
+      for i in picked:
+        with open(track.paths[i], "rb") as f:
+          images.append(frames_lib.decode_frame(f.read()).numpy())
+    else:
+      import av
+
+      wanted = {int(track.frame_numbers[i]): i for i in picked}
+      images = []
+      with av.open(track.source) as container:
+        for number, frame in enumerate(container.decode(video=0), start=1):
+          if number in wanted:
+            where = f"{track.source} frame {number} ({track.name})"
+            images.append(
+              crop(frame.to_ndarray(format="rgb24"), track.boxes[wanted[number]], where)
+            )
+          if number >= max(wanted):
+            break
+    return images

@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from data_prep.errors import FieldError
 from reid_jax.models import layers
-from reid_jax.models.nonlocal_block import NonLocalBlock
+from reid_jax.models.nonlocal_block import ATTENTION_IMPLS, NonLocalBlock
 
 # Per-stage temporal kernels of the bottlenecks' first convs in the I3D ResNet-50 (repeated
 # cyclically over a stage) and of the stem.
@@ -47,9 +48,17 @@ I3D_STEM_TEMPORAL_KERNEL = 5
 RESNET50_DEPTHS = (3, 4, 6, 3)
 
 
+# Compute dtypes: parameters stay float32 whatever the compute dtype.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-  """Everything that fixes the network's structure; `create_model` overrides any field."""
+  """Everything that fixes the network's structure; `create_model` overrides any field.
+
+  An impossible structure is refused when the object is made (`FieldError` naming the field);
+  `check_clip` says whether a clip shape fits it.
+  """
 
   stage_depths: tuple[int, ...] = RESNET50_DEPTHS
   width: int = 64  # channels after the stem; stage i has width * 2**i
@@ -68,6 +77,55 @@ class Architecture:
   remat: bool = False  # recompute each residual block in the backward pass
   dtype: jnp.dtype = jnp.float32  # compute dtype (bfloat16 on accelerators)
   param_dtype: jnp.dtype = jnp.float32
+
+  def __post_init__(self):
+    for key in ("stage_depths", "nonlocal_stages"):
+      object.__setattr__(self, key, tuple(getattr(self, key)))
+    depths = self.stage_depths
+    if not (len(depths) == 4 and all(isinstance(n, int) and n >= 1 for n in depths)):
+      raise FieldError(
+        "stage_depths",
+        f"the network has 4 stages (res2..res5) of at least one block each, got {depths}",
+      )
+    for stage in self.nonlocal_stages:
+      if not (0 <= stage < len(depths) and depths[stage] >= 2):
+        raise FieldError(
+          "nonlocal_stages",
+          f"stage {stage} cannot hold non-local blocks (they follow blocks 1, 3, ... of a "
+          f"stage): stage_depths is {depths}",
+        )
+    if self.stem_pool_padding not in (0, 1):
+      raise FieldError("stem_pool_padding", f"must be 0 or 1, got {self.stem_pool_padding}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise FieldError("attention_impl", f"{self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    for key in ("dtype", "param_dtype"):
+      value = getattr(self, key)
+      if jnp.dtype(value).name not in DTYPES:
+        raise FieldError(key, f"{jnp.dtype(value).name!r} is not one of {DTYPES}")
+      object.__setattr__(self, key, jnp.dtype(value))
+    for key in ("width", "bottleneck_dim", "last_stride"):
+      if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
+        raise FieldError(key, f"must be a positive integer, got {getattr(self, key)!r}")
+    if not 0 <= self.dropout_rate < 1:
+      raise FieldError("dropout_rate", f"must lie in [0, 1), got {self.dropout_rate}")
+
+  def check_clip(self, num_frames: int, height: int, width: int) -> None:
+    """Raises FieldError (`num_frames`, or the field of the network that does not fit) when
+    clips of `num_frames x height x width` cannot go through this network."""
+    if self.temporal_pool and num_frames % 2:
+      raise FieldError(
+        "num_frames", f"the 3D models halve T after res2, so it must be even, got {num_frames}"
+      )
+    if self.nonlocal_pool:
+      sizes = self.feature_map_sizes(height, width)
+      for stage in self.nonlocal_stages:
+        if min(sizes[stage]) < 2:
+          raise FieldError(
+            "nonlocal_pool",
+            f"{height}x{width} clips give a {sizes[stage][0]}x{sizes[stage][1]} map in "
+            f"res{stage + 2}, too small to pool keys by 1x2x2: larger data.height/width, or "
+            f"nonlocal_pool=False",
+          )
 
   def temporal_kernel(self, stage: int, block: int) -> int:
     """`k_t` of the first conv of block `block` of stage `stage` (0-based: res2 is stage 0)."""
@@ -274,30 +332,26 @@ def _call_block(block, x):
   return block(x)
 
 
+def architecture(name: str, **overrides) -> Architecture:
+  """The `Architecture` of one of `VARIANTS` with `overrides` (any of its fields); FieldError
+  names an unknown model, an unknown field or an impossible value."""
+  if name not in VARIANTS:
+    raise FieldError("name", f"unknown model {name!r}; choose one of {tuple(VARIANTS)}")
+  fields = {f.name for f in dataclasses.fields(Architecture)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise FieldError(
+      unknown[0], f"unknown model field(s) {unknown}; valid fields: {sorted(fields)}"
+    )
+  return Architecture(**{**VARIANTS[name], **overrides})
+
+
 def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **overrides) -> ReIDNet:
   """Builds one of `VARIANTS` (`resnet50_tp`, `resnet3d50`, `resnet3d50_nl`).
 
   `overrides` set any `Architecture` field, e.g. `stage_depths=(1, 1, 2, 1), width=8` for a tiny
   network of the same structure, or `dtype=jnp.bfloat16` for accelerators.
   """
-  if name not in VARIANTS:
-    raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
-  fields = {f.name for f in dataclasses.fields(Architecture)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"unknown model field(s) {unknown}; valid fields: {sorted(fields)}")
   if num_classes < 1:
     raise ValueError(f"num_classes must be positive, got {num_classes}")
-  settings = {**VARIANTS[name], **overrides}
-  for key in ("stage_depths", "nonlocal_stages"):
-    if key in settings:
-      settings[key] = tuple(settings[key])
-  for key in ("dtype", "param_dtype"):
-    if key in settings:
-      settings[key] = jnp.dtype(settings[key])
-  arch = Architecture(**settings)
-  if not arch.stage_depths or min(arch.stage_depths) < 1:
-    raise ValueError(f"stage_depths must be positive, got {arch.stage_depths}")
-  if arch.stem_pool_padding not in (0, 1):
-    raise ValueError(f"stem_pool_padding must be 0 or 1, got {arch.stem_pool_padding}")
-  return ReIDNet(arch, num_classes=num_classes, rngs=rngs)
+  return ReIDNet(architecture(name, **overrides), num_classes=num_classes, rngs=rngs)

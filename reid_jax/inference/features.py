@@ -1,19 +1,22 @@
 """Per-tracklet features: the mean of the tracklet's T-frame chunk features.
 
-The evaluation pipeline cuts every tracklet into consecutive T-frame chunks (the last one padded)
-and packs chunks of many tracklets into each batch, so memory depends on the batch size only,
-never on tracklet length. Here each batch's features are scatter-added into per-tracklet sums on
-device. When `feature_fn` returns a global array sharded over the devices of several processes,
-the scatter into the replicated sums runs under jit across that mesh, so XLA all-reduces the
-contributions and every process ends with the same [N, D] means.
+`tracklet_features` runs a model over the chunk stream of any source (`chunks.chunk_batches`)
+and `extract_features` averages: each batch's features are scatter-added into per-tracklet sums
+on device. When the feature function returns a global array sharded over the devices of several
+processes, the scatter into the replicated sums runs under jit across that mesh, so XLA
+all-reduces the contributions and every process ends with the same [N, D] means.
 """
 
-from typing import Callable, Iterable
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+
+from reid_jax.inference.chunks import TrackletSource, chunk_batches
 
 
 def _accumulate(sums, counts, features, rows):
@@ -41,25 +44,25 @@ def _global_rows(features, rows: np.ndarray):
 
 
 def extract_features(
-  feature_fn: Callable, eval_iterator: Iterable[dict], num_tracklets: int
+  feature_fn: Callable, batches: Iterable[dict], num_tracklets: int
 ) -> np.ndarray:
-  """Averages chunk features per tracklet over the whole evaluation iterator.
+  """Averages chunk features per tracklet over all `batches`.
 
   Args:
     feature_fn: `clips uint8 [b, T, H, W, 3] (this process's rows) -> [B, D]` features; either a
       global array sharded over a data mesh (B = all processes' rows, in process order, as
       `jax.make_array_from_process_local_data` lays them out) or, in a single process, any array.
-    eval_iterator: batches of `clips`, `tracklet` int [b] (row in the TrackletTable, -1 for
-      padding) and `valid` bool [b]; `frame_mask` is not needed (a chunk's padded frames repeat
-      its real ones, and each chunk counts once).
-    num_tracklets: N, the number of rows of the TrackletTable.
+    batches: dicts of `clips`, `tracklet` int [b] (row, -1 for padding) and `valid` bool [b], as
+      `chunks.chunk_batches` yields them (a chunk's repeated frames are its own, and each chunk
+      counts once).
+    num_tracklets: N, the number of rows.
   Returns:
     float32 [N, D], the same on every process.
   Raises:
-    ValueError: if some tracklet received no chunk (the iterator did not cover the table).
+    ValueError: if some tracklet received no chunk.
   """
   sums = counts = accumulate = None
-  for batch in eval_iterator:
+  for batch in batches:
     features = feature_fn(batch["clips"])
     rows = np.where(
       np.asarray(batch["valid"], bool), np.asarray(batch["tracklet"], np.int32), num_tracklets
@@ -75,8 +78,24 @@ def extract_features(
       )
     sums, counts = accumulate(sums, counts, features, rows)
   if accumulate is None:
-    raise ValueError("the evaluation iterator yielded no batch")
+    raise ValueError("the chunk stream yielded no batch")
   counts = np.asarray(counts)
   if missing := int((counts == 0).sum()):
     raise ValueError(f"{missing} of {num_tracklets} tracklets received no chunk")
   return np.asarray(sums) / counts[:, None]
+
+
+def tracklet_features(model, source: TrackletSource, data_config, *, progress=None) -> np.ndarray:
+  """`[N, D]` features of every tracklet of `source` (the same on every process) by `model`
+  (an `InferenceModel`), with the clip size and global batch of `data_config` (`config.data`:
+  `num_frames`, `height`, `width`, `eval_batch_size`)."""
+  d = data_config
+  batches = chunk_batches(
+    source,
+    num_frames=d.num_frames,
+    height=d.height,
+    width=d.width,
+    batch_size=d.eval_batch_size,
+    progress=progress,
+  )
+  return extract_features(model.features, batches, len(source.num_frames))

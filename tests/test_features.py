@@ -1,4 +1,5 @@
-"""Per-tracklet feature averaging: padding rows, sharded features, several processes."""
+"""Per-tracklet feature averaging of chunk features: padding rows, sharded features, several
+processes."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from reid_jax.evaluation import extract_features
+from reid_jax.inference.features import extract_features
 
 NUM_TRACKLETS, T, H, W, D = 7, 2, 4, 2, 5
 
@@ -93,8 +94,8 @@ _WORKER = textwrap.dedent("""
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     sys.path.insert(0, sys.argv[4])
-    from test_eval_extraction import fake_eval_batches, linear_weights, NUM_TRACKLETS
-    from reid_jax.evaluation import extract_features
+    from test_features import fake_eval_batches, linear_weights, NUM_TRACKLETS
+    from reid_jax.inference.features import extract_features
 
     mesh = jax.make_mesh((jax.device_count(),), ('data',),
                          axis_types=(jax.sharding.AxisType.Auto,))

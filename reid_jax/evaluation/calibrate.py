@@ -8,8 +8,8 @@ so memory does not grow with the number of pairs), and from the two histograms c
 - the threshold at the chosen false-match rate (the share of different-person pairs at or under
   it), and the true-match rate there;
 - the equal error rate (EER), where the false-match and false-non-match rates meet;
-written to `threshold.json` (which `search` reads), `pairs.png` and `roc.png`. The threshold is
-exact to one bin width (reported as `resolution`).
+written to `threshold.json` (which `search` and `export` read through `read_threshold`),
+`pairs.png` and `roc.png`. The threshold is exact to one bin width (reported as `resolution`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reid_jax.distances import BLOCK_BYTES, pairwise_distances
+from data_prep.errors import UserError
+from data_prep.files import atomic_write
+from reid_jax.distances import pairwise_distances
+from reid_jax.retrieval import BLOCK_BYTES, block_shape
 
 log = logging.getLogger("reid_jax")
 
 BINS = 4096
+THRESHOLD_FILE = "threshold.json"
+
+
+class ThresholdMismatch(UserError, ValueError):
+  """A `threshold.json` that does not apply: measured on another metric's distances."""
+
+
+class TooFewPairs(UserError, ValueError):
+  """The labelled tracklets lack same-person or different-person cross-camera pairs."""
+
+
+def read_threshold(workdir: str, metric: str) -> dict | None:
+  """`<workdir>/threshold.json` as `calibrate` wrote it, or None when there is none.
+
+  Raises:
+    ThresholdMismatch: it is a threshold on another metric's distances than `metric`.
+  """
+  path = os.path.join(workdir, THRESHOLD_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    calibration = json.load(f)
+  if calibration.get("metric") != metric:
+    raise ThresholdMismatch(
+      f"{path} is a threshold on {calibration.get('metric')} distances, but config.eval.metric "
+      f"is {metric!r}: calibrate again, or set config.eval.metric"
+    )
+  calibration["path"] = path
+  return calibration
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
@@ -60,7 +92,7 @@ def pair_histograms(
   pids = jnp.asarray(np.asarray(pids, np.int64).astype(np.int32))
   cameras = jnp.asarray(np.asarray(cameras).astype(np.int32))
   n = features.shape[0]
-  block = int(max(1, min(n, block_bytes // (16 * n))))
+  block = min(block_shape(n, n, budget=block_bytes, multiple_of=1)[0], n)
 
   def blocks():
     for start in range(0, n, block):
@@ -87,7 +119,7 @@ def pair_histograms(
 def operating_points(edges, same, different, false_match_rate: float) -> dict:
   """Threshold, true-match rate and EER from the pair histograms."""
   if not same.sum() or not different.sum():
-    raise ValueError(
+    raise TooFewPairs(
       f"need same-person and different-person cross-camera pairs, got {int(same.sum())} and "
       f"{int(different.sum())}"
     )
@@ -111,9 +143,7 @@ def operating_points(edges, same, different, false_match_rate: float) -> dict:
 
 
 def plot(workdir: str, edges, same, different, points: dict, metric: str) -> None:
-  import matplotlib.pyplot as plt
-
-  from reid_jax.evaluation import report  # noqa: F401  (selects the Agg backend)
+  from reid_jax.evaluation.report import plt, save_figure
 
   centres = (edges[:-1] + edges[1:]) / 2
   fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -123,8 +153,7 @@ def plot(workdir: str, edges, same, different, points: dict, metric: str) -> Non
   ax.set(xlabel=f"{metric} distance", ylabel="share of pairs per bin", title="Cross-camera pairs")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "pairs.png"))
-  plt.close(fig)
+  save_figure(fig, os.path.join(workdir, "pairs.png"))
   fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
   fmr = np.cumsum(different) / different.sum()
   tmr = np.cumsum(same) / same.sum()
@@ -135,33 +164,34 @@ def plot(workdir: str, edges, same, different, points: dict, metric: str) -> Non
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "roc.png"))
-  plt.close(fig)
+  save_figure(fig, os.path.join(workdir, "roc.png"))
 
 
-def calibrate(config, workdir: str) -> dict:
-  """`calibrate` mode: restores the checkpoint as `eval` does, embeds the configured dataset's
-  evaluation tracklets and writes `threshold.json`, `pairs.png` and `roc.png` into `workdir`."""
+def run(config, workdir: str) -> dict:
+  """`calibrate` mode: restores the checkpoint, embeds the configured dataset's evaluation
+  tracklets and writes `threshold.json`, `pairs.png` and `roc.png` into `workdir`."""
   from data_prep import datasets
   from reid_jax import config as config_lib
-  from reid_jax import state as state_lib
-  from reid_jax.evaluation import runner
+  from reid_jax.data.tracklets import BuiltTracklets
+  from reid_jax.inference import features as features_lib
+  from reid_jax.inference import model as model_lib
 
-  config_lib.validate(config, num_devices=jax.device_count())
-  data_dir, setup, step = state_lib.restore_for_eval(config, workdir)
-  features, table = runner.extract_eval_features(setup, config, data_dir)
+  checkpoint = model_lib.find_checkpoint(config, workdir)
+  source = BuiltTracklets(config_lib.data_dir(config, workdir), config.dataset.name)
+  model = model_lib.restore(config, workdir, checkpoint=checkpoint)
+  features = features_lib.tracklet_features(model, source, config.data)
+  table = source.table
   people = ~np.isin(table.pids, datasets.get(config.dataset.name).non_identity_pids)
   metric = config.eval.metric
   edges, same, different = pair_histograms(
     features[people], table.pids[people], table.camids[people], metric=metric
   )
   points = operating_points(edges, same, different, config.calibrate.false_match_rate)
-  result = dict(metric=metric, step=int(step), dataset=config.dataset.name, **points)
+  result = dict(metric=metric, step=model.step, dataset=config.dataset.name, **points)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "threshold.json")
-    with open(path + ".tmp", "w") as f:
+    path = os.path.join(workdir, THRESHOLD_FILE)
+    with atomic_write(path) as f:
       json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
     plot(workdir, edges, same, different, points, metric)
     log.info(
       "Threshold %.4g (%s): false-match rate %.4f, true-match rate %.4f; EER %.4f at %.4g "
