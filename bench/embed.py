@@ -8,8 +8,9 @@ with random weights (throughput does not depend on them) and times, one after th
 - decoding: one PyAV pass over the video to RGB arrays (video frames/s);
 - cropping: each track box cut out and resized by the evaluation pipeline's function (boxes/s);
 - the network: the jitted feature function on full batches of T-frame chunks (frames/s);
-- the whole `embed` path: `reid_jax.footage.embed.chunk_batches` into `extract_features`
-  (track frames/s), which runs the three in turn.
+- the whole `embed` path: the chunk stream of the video's tracks into the per-tracklet
+  averaging (`reid_jax.footage.embed.embed_tracks`, track frames/s), which runs the three in
+  turn.
 """
 
 from __future__ import annotations
@@ -35,16 +36,16 @@ def main() -> None:
   args = parser.parse_args()
 
   import av
-  import jax
   import numpy as np
   import random_model  # the sibling module (bench/ is no package)
 
   from data_prep import synthetic
-  from reid_jax import state as state_lib
+  from reid_jax.data.frames import resize_frame
   from reid_jax.footage import embed as embed_lib
-  from reid_jax.footage.sources import crop, discover
+  from reid_jax.footage.sources import FootageTracklets, crop, discover
+  from reid_jax.inference import chunks
 
-  config, setup = random_model.build(args.config)
+  config, model = random_model.build(args.config)
   if args.eval_batch_size:
     config.data.eval_batch_size = args.eval_batch_size
   d = config.data
@@ -67,27 +68,26 @@ def main() -> None:
     images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
   decode_s = time.perf_counter() - start
 
-  embed_lib._resize(crop(images[0], tracks[0].boxes[0], "warm-up"), d.height, d.width)
+  resize_frame(crop(images[0], tracks[0].boxes[0], "warm-up"), d.height, d.width).numpy()
   start = time.perf_counter()
   for t in tracks:
     for frame, box in zip(t.frame_numbers, t.boxes):
-      embed_lib._resize(crop(images[frame - 1], box, "bench"), d.height, d.width)
+      resize_frame(crop(images[frame - 1], box, "bench"), d.height, d.width).numpy()
   crop_s = time.perf_counter() - start
 
-  feature_fn = state_lib.make_feature_fn(setup)
   batch = d.eval_batch_size
   clips = np.random.default_rng(0).integers(0, 256, (batch, d.num_frames, d.height, d.width, 3))
-  clips = jax.make_array_from_process_local_data(setup.batch_sharding, clips.astype(np.uint8))
-  feature_fn(setup.state, clips).block_until_ready()
+  clips = clips.astype(np.uint8)
+  model.features(clips).block_until_ready()
   start = time.perf_counter()
-  feature_fn(setup.state, clips).block_until_ready()
+  model.features(clips).block_until_ready()
   network_s = time.perf_counter() - start
 
-  groups = embed_lib.local_sources(tracks, 0, 1)
-  num_batches = -(-sum(embed_lib.num_chunks(g, d.num_frames) for g in groups) // batch)
-  embed_lib.embed_tracks(setup, tracks, d, feature_fn=feature_fn)  # compiles the accumulation
+  plan = chunks.local_plan(FootageTracklets(tracks), num_frames=d.num_frames, batch_size=batch)
+  num_batches = plan.num_batches
+  embed_lib.embed_tracks(model, tracks, d)  # compiles the accumulation
   start = time.perf_counter()
-  embed_lib.embed_tracks(setup, tracks, d, feature_fn=feature_fn)
+  embed_lib.embed_tracks(model, tracks, d)
   embed_s = time.perf_counter() - start
 
   network_fps = batch * d.num_frames / network_s

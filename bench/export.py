@@ -4,7 +4,7 @@ r"""`export`: time to export, artifact sizes, and the feature time per clip of e
     python bench/export.py --config configs/mars.py --batch 4
 
 Builds the config's model with random weights (times and sizes do not depend on them), exports
-it as `reid_jax.export` does (jax.export serialization and a jax2tf SavedModel, CPU), and times
+it as `export` mode does (jax.export serialization and a jax2tf SavedModel, CPU), and times
 in one run, after a warm-up each, a batch of uint8 clips through: the jitted feature function
 (what evaluation runs), the deserialized `jax.export`, and the SavedModel's `serving_default`.
 """
@@ -49,10 +49,10 @@ def main() -> None:
 
   from reid_jax import export as export_lib
 
-  config, setup = random_model.build(args.config)
+  config, model = random_model.build(args.config)
   d = config.data
   clip_shape = (d.num_frames, d.height, d.width, 3)
-  fn = export_lib.feature_function(setup)
+  fn = model.serving_function()
 
   folder = tempfile.mkdtemp(prefix="reid_jax_export_bench_")
   start = time.perf_counter()

@@ -74,18 +74,16 @@ def compile_step(config, devices) -> dict:
   import jax
   import numpy as np
 
+  from reid_jax import sharding, train
   from reid_jax import state as state_lib
-  from reid_jax import train
 
   import train_step as step_bench  # noqa: E402
 
-  setup = state_lib.build_state(
-    config,
-    num_classes=step_bench.NUM_CLASSES,
-    steps_per_epoch=100,
-    mesh=state_lib.make_mesh(devices),
-    abstract=True,
+  mesh = sharding.make_mesh(devices)
+  graphdef, state = state_lib.abstract_state(
+    config, num_classes=step_bench.NUM_CLASSES, steps_per_epoch=100, mesh=mesh
   )
+  setup = state_lib.TrainSetup(mesh, graphdef, "imagenet", step_bench.NUM_CLASSES, 100)
   d = config.data
   batch = {
     "clips": jax.ShapeDtypeStruct(
@@ -94,7 +92,7 @@ def compile_step(config, devices) -> dict:
     "labels": jax.ShapeDtypeStruct(((d.P * d.K),), np.int32, sharding=setup.batch_sharding),
   }
   start = time.perf_counter()
-  compiled = train.make_train_step(setup, config).lower(setup.state, batch).compile()
+  compiled = train.make_train_step(setup, config).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   stats = compiled.memory_analysis()
   cost = compiled.cost_analysis()

@@ -155,13 +155,16 @@ def interleaved(config, batch, steps: int) -> dict:
 def inference(config, batch, steps: int) -> None:
   """Evaluation-mode features of the same clips, JAX and PyTorch eager in turn (what `eval`,
   `extract` and serving pay); prints each pair and the median ratio."""
+  from reid_jax import sharding
   from reid_jax import state as state_lib
+  from reid_jax.inference.model import InferenceModel
 
-  setup = state_lib.build_state(
-    config, num_classes=jax_bench.NUM_CLASSES, steps_per_epoch=100, mesh=state_lib.make_mesh()
+  setup, state = state_lib.build_state(
+    config, num_classes=jax_bench.NUM_CLASSES, steps_per_epoch=100, mesh=sharding.make_mesh()
   )
-  feature_fn = state_lib.make_feature_fn(setup)
-  clips = state_lib.global_batch({"clips": batch["clips"]}, setup.batch_sharding)["clips"]
+  model = InferenceModel(
+    *state_lib.model_part(setup, state), setup.normalization, 0, {}, setup.mesh
+  )
   arch = Architecture(**VARIANTS[config.model.name], **config_lib.model_overrides(config))
   net = ReIDNet(arch, jax_bench.NUM_CLASSES).eval()
   mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in NORMALIZATIONS[setup.normalization])
@@ -174,7 +177,7 @@ def inference(config, batch, steps: int) -> None:
   ratios = []
   for i in range(steps + 1):
     start = time.perf_counter()
-    jax.block_until_ready(feature_fn(setup.state, clips))
+    jax.block_until_ready(model.features(batch["clips"]))
     jax_s = time.perf_counter() - start
     start = time.perf_counter()
     torch_features()

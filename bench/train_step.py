@@ -28,8 +28,8 @@ import time
 import jax
 import numpy as np
 
+from reid_jax import sharding, train
 from reid_jax import state as state_lib
-from reid_jax import train
 
 NUM_CLASSES = 625
 TRIPLET_K = 4
@@ -110,18 +110,18 @@ class CompiledStep:
   """The compiled train step of `config` with its state and a random batch."""
 
   def __init__(self, config):
-    setup = state_lib.build_state(
-      config, num_classes=NUM_CLASSES, steps_per_epoch=100, mesh=state_lib.make_mesh()
+    setup, state = state_lib.build_state(
+      config, num_classes=NUM_CLASSES, steps_per_epoch=100, mesh=sharding.make_mesh()
     )
-    self.batch = state_lib.global_batch(random_batch(config), setup.batch_sharding)
+    self.batch = sharding.global_batch(random_batch(config), setup.batch_sharding)
     step_fn = train.make_train_step(setup, config)
     start = time.perf_counter()
-    self.compiled = step_fn.lower(setup.state, self.batch).compile()
+    self.compiled = step_fn.lower(state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self.flops = float(cost.get("flops", float("nan")))
-    self.state = setup.state
+    self.state = state
     self.times, self.losses = [], []
 
   def step(self):
