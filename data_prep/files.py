@@ -16,8 +16,34 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import IO
+
+from data_prep.errors import UserError
+
+
+class UnwritableOutput(UserError, OSError):
+  """A file cannot be written where it is asked for; the message names the path and why."""
+
+
+def check_writable(path: str) -> None:
+  """Raises UnwritableOutput unless a file can be written at `path` (its folder made if need
+  be): checked before long work, by writing and removing a temporary file in the nearest
+  folder that exists. Nothing is left behind."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    raise UnwritableOutput(f"{path} is a folder: give a file name")
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UnwritableOutput(f"{path} cannot be written: {parent} is a file, not a folder")
+  try:
+    with tempfile.TemporaryFile(dir=parent):
+      pass
+  except OSError as e:
+    raise UnwritableOutput(f"{path} cannot be written in {parent} ({e.strerror})") from None
 
 
 def temporary_name(path: str) -> str:

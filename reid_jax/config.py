@@ -12,6 +12,7 @@ checks itself only what no owner sees (fields that must agree with each other or
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import ml_collections
@@ -122,18 +123,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.embed.tracks = ""  # one video's MOTChallenge track file (default: <video stem>.txt beside it)
   c.embed.output = ""  # default <workdir>/embeddings.npz
   c.embed.min_length = 1  # tracks with fewer frames are left out (counted in the log)
-  c.embed.skip_bad = False  # skip malformed track lines and boxes outside the frame (counted)
+  # Leave out (and count) bad track lines, boxes outside their frame, boxes a damaged or too short
+  # video cannot place and frames that do not decode, instead of stopping.
+  c.embed.skip_bad = False
+  c.embed.min_visibility = 0.0  # MOTChallenge ground truth: boxes less visible are left out
+  c.embed.frame_stride = 1  # every n-th frame of each track (1: all, as evaluation)
 
   # `search` mode: the nearest gallery tracklets of each query tracklet (reid_jax/footage/).
   c.search = ml_collections.ConfigDict()
   c.search.query = ""  # an embed output (default <workdir>/embeddings.npz)
-  c.search.gallery = (
-    ""  # another one (default: the query file; then same-camera pairs are left out)
-  )
+  c.search.gallery = ""  # another embed output (default: the query file)
   c.search.top_k = 10
   c.search.threshold = -1.0  # a match is at most this far; < 0: <workdir>/threshold.json if any
   c.search.output = ""  # default <workdir>/search
   c.search.num_sheets = 4  # ranked sheets (pictures) of the first queries
+  c.search.cross_camera_only = False  # leave out every pair of one camera
 
   # `calibrate` mode: the distance that separates same-person from different-person pairs.
   c.calibrate = ml_collections.ConfigDict()
@@ -333,7 +337,19 @@ def validate(config, *, num_devices: int) -> None:
     "embed mode needs the footage: a folder of tracklets or videos, or one video",
   )
   _check(config.embed.min_length >= 1, "embed.min_length", "must be >= 1")
+  _check(
+    0 <= config.embed.min_visibility <= 1,
+    "embed.min_visibility",
+    f"must lie in [0, 1], got {config.embed.min_visibility}",
+  )
+  _check(config.embed.frame_stride >= 1, "embed.frame_stride", "must be >= 1")
   _check(config.search.top_k >= 1, "search.top_k", f"must be >= 1, got {config.search.top_k}")
+  _check(config.search.num_sheets >= 0, "search.num_sheets", "must be >= 0")
+  _check(
+    math.isfinite(config.search.threshold),
+    "search.threshold",
+    f"must be a number (< 0: the workdir's threshold.json), got {config.search.threshold}",
+  )
   _check(
     0 < config.calibrate.false_match_rate < 1,
     "calibrate.false_match_rate",

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_prep.errors import UserError
-from data_prep.files import atomic_directory
+from data_prep.files import atomic_directory, check_writable
 
 log = logging.getLogger("reid_jax")
 
@@ -115,6 +115,7 @@ def run(config, workdir: str) -> str:
   if os.path.exists(final):
     raise ExportExists(f"{final} exists; remove it to export step {checkpoint.step} again")
   calibration = read_threshold(workdir, config.eval.metric)
+  check_writable(final)
   model = model_lib.restore(config, workdir, checkpoint=checkpoint)
   d = config.data
   clip_shape = (d.num_frames, d.height, d.width, 3)

@@ -92,8 +92,23 @@ def _merge(best_d, best_i, d, i, k):
   return -neg, jnp.take_along_axis(i, pos, axis=1)
 
 
+def _left_out(exclude, q_labels, g_labels, g_valid, start, block, padded):
+  """[b, block] bool: the pairs of this block that may not rank (None: none)."""
+  take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, block)
+  left_out = None
+  if padded:
+    left_out = ~take(g_valid)[None, :]
+  if exclude is not None:
+    rule = exclude(
+      {name: v[:, None] for name, v in q_labels.items()},
+      {name: take(v)[None, :] for name, v in g_labels.items()},
+    )
+    left_out = rule if left_out is None else left_out | rule
+  return left_out
+
+
 def _shard_top_k(
-  queries, q_groups, gallery, g_groups, g_valid, *, k, metric, block, grouped, masked
+  queries, q_labels, gallery, g_labels, g_valid, *, k, metric, block, exclude, padded
 ):
   """One device: the k best of its gallery rows for every query, then merged over the mesh.
 
@@ -103,17 +118,12 @@ def _shard_top_k(
   offset = jax.lax.axis_index("data") * shard_rows
 
   def merge_block(best, start, seen_up_to=None):
-    rows = jax.lax.dynamic_slice_in_dim(gallery, start, block)
-    dist = pairwise_distances(queries, rows, metric)
-    left_out = jnp.zeros((1, block), bool)
-    if masked:  # padding rows, and items that may not rank
-      left_out = ~jax.lax.dynamic_slice_in_dim(g_valid, start, block)[None, :]
-    if grouped:
-      groups = jax.lax.dynamic_slice_in_dim(g_groups, start, block)
-      left_out = left_out | (q_groups[:, None] == groups[None, :])
+    dist = pairwise_distances(queries, jax.lax.dynamic_slice_in_dim(gallery, start, block), metric)
+    left_out = _left_out(exclude, q_labels, g_labels, g_valid, start, block, padded)
     if seen_up_to is not None:
-      left_out = left_out | (start + jnp.arange(block) < seen_up_to)[None, :]
-    if masked or grouped or seen_up_to is not None:
+      seen = (start + jnp.arange(block) < seen_up_to)[None, :]
+      left_out = seen if left_out is None else left_out | seen
+    if left_out is not None:
       dist = jnp.where(left_out, jnp.inf, dist)
     neg, pos = jax.lax.top_k(-dist, k)
     return _merge(*best, -neg, (offset + start + pos).astype(jnp.int32), k)
@@ -136,32 +146,31 @@ def _shard_top_k(
 @dataclasses.dataclass(frozen=True)
 class TopKLayout:
   """How `top_k` lays a gallery over the mesh: equal shards of `shard_rows` rows per device (the
-  last ones padded, then `masked`), scanned in blocks of `block` rows against `query_rows`
+  last ones `padded`, and masked out), scanned in blocks of `block` rows against `query_rows`
   queries at a time."""
 
   shard_rows: int
   block: int
   query_rows: int
-  masked: bool
+  padded: bool
 
 
 def top_k_layout(
-  num_queries: int, num_gallery: int, k: int, *, mesh, budget: int = BLOCK_BYTES, masked=False
+  num_queries: int, num_gallery: int, k: int, *, mesh, budget: int = BLOCK_BYTES
 ) -> TopKLayout:
-  """The layout of a `[num_queries, num_gallery]` top k over `mesh` (`masked`: a gallery mask is
-  given)."""
+  """The layout of a `[num_queries, num_gallery]` top k over `mesh`."""
   # Equal shards of at least k rows (the last device's padded: masked out).
   shard_rows = max(-(-num_gallery // mesh.size), k)
   rows, block = block_shape(
     num_queries, shard_rows, split_columns=True, min_columns=k, budget=budget
   )
-  return TopKLayout(shard_rows, block, rows, masked or shard_rows * mesh.size > num_gallery)
+  return TopKLayout(shard_rows, block, rows, shard_rows * mesh.size > num_gallery)
 
 
 @functools.lru_cache(maxsize=None)
-def top_k_program(mesh, k: int, metric: str, layout: TopKLayout, grouped: bool):
-  """The jitted program of one block of queries: `(queries, query groups, gallery, gallery
-  groups, gallery mask) -> (distances, indices)`, the gallery arrays sharded over `mesh`."""
+def top_k_program(mesh, k: int, metric: str, layout: TopKLayout, exclude=None):
+  """The jitted program of one block of queries: `(queries, query labels, gallery, gallery
+  labels, gallery validity) -> (distances, indices)`, the gallery's arrays sharded over `mesh`."""
   replicated, rows = PartitionSpec(), PartitionSpec("data")
   return jax.jit(
     jax.shard_map(
@@ -170,8 +179,8 @@ def top_k_program(mesh, k: int, metric: str, layout: TopKLayout, grouped: bool):
         k=k,
         metric=metric,
         block=layout.block,
-        grouped=grouped,
-        masked=layout.masked,
+        exclude=exclude,
+        padded=layout.padded,
       ),
       mesh=mesh,
       in_specs=(replicated, replicated, rows, rows, rows),
@@ -195,15 +204,23 @@ def _sharded_rows(values: np.ndarray, padded_rows: int, fill, mesh) -> jax.Array
   return jax.make_array_from_callback(shape, NamedSharding(mesh, PartitionSpec("data")), rows)
 
 
+def _labels(labels: dict | None, count: int) -> dict[str, np.ndarray]:
+  labels = {name: np.asarray(v) for name, v in (labels or {}).items()}
+  for name, v in labels.items():
+    if len(v) != count:
+      raise ValueError(f"label {name!r} has {len(v)} values for {count} items")
+  return labels
+
+
 def top_k(
   queries,
   gallery,
   k: int,
   *,
   metric: str = "euclidean",
-  query_groups=None,
-  gallery_groups=None,
-  gallery_mask=None,
+  exclude=None,
+  query_labels: dict | None = None,
+  gallery_labels: dict | None = None,
   mesh=None,
   budget: int = BLOCK_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -214,9 +231,10 @@ def top_k(
     queries: [Q, D]; gallery: [G, D] host arrays, the same on every process.
     k: how many; a query with fewer than k candidates gets index -1 and distance inf in the rest.
     metric: 'euclidean' (squared) or 'cosine', as `pairwise_distances`.
-    query_groups, gallery_groups: [Q], [G] integers: pairs of one group are left out (e.g. the
-      camera, when the queries are the gallery; or pid and camera for the junk rule).
-    gallery_mask: [G] bool: gallery items that may be ranked (default all).
+    exclude: `(query labels, gallery labels) -> bool`: the pairs that may not rank, from
+      broadcasting `[b, 1]` and `[1, g]` label arrays (e.g. the same camera, or the junk rule of
+      `evaluation.ranking`). A module-level function: it keys the compiled program.
+    query_labels, gallery_labels: `{name: [Q] / [G] numbers}` the rule reads.
     mesh: the devices the gallery is sharded over (default every device of every process).
     budget: bytes of one block of pairs on each device.
   """
@@ -226,27 +244,21 @@ def top_k(
   mesh = mesh if mesh is not None else sharding.make_mesh()
   queries, gallery = np.asarray(queries, np.float32), np.asarray(gallery, np.float32)
   num_q, num_g = len(queries), len(gallery)
-  grouped = query_groups is not None
-  layout = top_k_layout(num_q, num_g, k, mesh=mesh, budget=budget, masked=gallery_mask is not None)
+  q_labels, g_labels = _labels(query_labels, num_q), _labels(gallery_labels, num_g)
+  layout = top_k_layout(num_q, num_g, k, mesh=mesh, budget=budget)
   q_rows, padded = layout.query_rows, layout.shard_rows * mesh.size
-  valid = np.ones(num_g, bool) if gallery_mask is None else np.asarray(gallery_mask, bool)
-  g_groups = np.zeros(num_g, np.int32) if not grouped else np.asarray(gallery_groups, np.int32)
-  q_groups = np.zeros(num_q, np.int32) if not grouped else np.asarray(query_groups, np.int32)
   device_gallery = (
     _sharded_rows(gallery, padded, 0.0, mesh),
-    _sharded_rows(g_groups, padded, 0, mesh),
-    _sharded_rows(valid, padded, False, mesh),
+    {name: _sharded_rows(v, padded, 0, mesh) for name, v in g_labels.items()},
+    _sharded_rows(np.ones(num_g, bool), padded, False, mesh),
   )
-  program = top_k_program(mesh, k, metric, layout, grouped)
+  program = top_k_program(mesh, k, metric, layout, exclude)
   replicated = sharding.replicated(mesh)
   out_d, out_i = [], []
   for start in range(0, num_q, q_rows):
+    part = lambda x: pad_rows(x[start : start + q_rows], q_rows)
     block = sharding.replicate(
-      (
-        pad_rows(queries[start : start + q_rows], q_rows),
-        pad_rows(q_groups[start : start + q_rows], q_rows),
-      ),
-      replicated,
+      (part(queries), {name: part(v) for name, v in q_labels.items()}), replicated
     )
     d, i = program(*block, *device_gallery)
     real = min(q_rows, num_q - start)
@@ -256,6 +268,61 @@ def top_k(
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
   d, i = np.concatenate(out_d), np.concatenate(out_i)
   return d, np.where(np.isfinite(d), i, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "exclude"))
+def _within_block(queries, q_labels, gallery, g_labels, g_valid, threshold, *, metric, exclude):
+  dist = pairwise_distances(queries, gallery, metric)
+  left_out = ~g_valid[None, :] | (dist > threshold)
+  if exclude is not None:
+    left_out = left_out | exclude(
+      {name: v[:, None] for name, v in q_labels.items()},
+      {name: v[None, :] for name, v in g_labels.items()},
+    )
+  return jnp.where(left_out, jnp.inf, dist)
+
+
+def within(
+  queries,
+  gallery,
+  threshold: float,
+  *,
+  metric: str = "euclidean",
+  exclude=None,
+  query_labels: dict | None = None,
+  gallery_labels: dict | None = None,
+  budget: int = BLOCK_BYTES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Every pair at most `threshold` apart: `(query indices, gallery indices, distances)`, by
+  query then distance (ties in gallery order); `exclude` and the labels as in `top_k`. Blocks of
+  queries x gallery on the default device, so memory is bounded whatever the gallery's size."""
+  queries, gallery = np.asarray(queries, np.float32), np.asarray(gallery, np.float32)
+  num_q, num_g = len(queries), len(gallery)
+  q_labels, g_labels = _labels(query_labels, num_q), _labels(gallery_labels, num_g)
+  rows, columns = block_shape(num_q, num_g, split_columns=True, budget=budget)
+  hits = []
+  for q0 in range(0, num_q, rows):
+    part = lambda x: pad_rows(x[q0 : q0 + rows], rows)
+    q_block = (part(queries), {name: part(v) for name, v in q_labels.items()})
+    for g0 in range(0, num_g, columns):
+      cut = lambda x: pad_rows(x[g0 : g0 + columns], columns)
+      valid = cut(np.ones(num_g, bool))
+      dist = np.asarray(
+        _within_block(
+          *q_block,
+          cut(gallery),
+          {name: cut(v) for name, v in g_labels.items()},
+          valid,
+          np.float32(threshold),
+          metric=metric,
+          exclude=exclude,
+        )
+      )[: min(rows, num_q - q0)]
+      q, g = np.nonzero(np.isfinite(dist))
+      hits.append((q + q0, g + g0, dist[q, g]))
+  q, g, d = (np.concatenate(x) for x in zip(*hits)) if hits else (np.zeros(0, int),) * 3
+  order = np.lexsort((g, d, q))
+  return q[order].astype(np.int64), g[order].astype(np.int64), d[order].astype(np.float32)
 
 
 def group_codes(*labels) -> tuple[np.ndarray, ...]:

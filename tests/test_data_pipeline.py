@@ -5,7 +5,6 @@ Frames of the test datasets carry their position in the tracklet as their grey l
 the frames a clip was built from can be read back from the decoded pixels.
 """
 
-import download_layouts
 import numpy as np
 import pytest
 
@@ -13,6 +12,8 @@ from data_prep import build as build_lib
 from reid_jax import data
 from reid_jax.data import sampling
 from reid_jax.inference import chunks
+
+import download_layouts
 
 HEIGHT, WIDTH = 16, 8
 # (split, pid, tracklet, camid, length): pids 1-3 have one tracklet each of lengths that exercise

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 
-import download_layouts
 import numpy as np
 import pytest
 import scipy.io
@@ -13,6 +12,8 @@ import scipy.io
 from data_prep import build as build_lib
 from data_prep import built, datasets, layout, synthetic
 from data_prep.dataset import LayoutError
+
+import download_layouts
 
 
 def _tiny_mars(path, **overrides):

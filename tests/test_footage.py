@@ -1,5 +1,6 @@
 """`embed` mode on a user's footage: tracklet folders, videos with MOT track files, bad input."""
 
+import logging
 import os
 
 import av
@@ -282,43 +283,6 @@ def test_a_failed_embed_writes_nothing(data_dir, trained, tmp_path):
 # Search and calibration
 
 
-def _fake_embeddings(path, features, cameras):
-  from reid_jax.footage.sources import Track
-
-  tracks = [Track(f"t{n}", cam, "src", np.arange(1, 4)) for n, cam in enumerate(cameras)]
-  embed_lib.write_embeddings(str(path), np.asarray(features, np.float32), tracks, {"step": 1})
-  return str(path)
-
-
-def test_search_mode_ranks_and_lists_cross_camera_matches(data_dir, tmp_path):
-  import csv
-
-  from reid_jax.evaluation.calibrate import ThresholdMismatch
-  from reid_jax.footage import search as search_lib
-
-  features = [[0.0], [0.1], [5.0], [5.3], [0.05]]
-  path = _fake_embeddings(tmp_path / "e.npz", features, ["a", "b", "a", "b", "a"])
-  config = tiny_config(
-    data_dir,
-    mode="search",
-    **{"search.query": path, "search.top_k": 2, "search.threshold": 0.02},
-  )
-  out = search_lib.run(config, str(tmp_path))
-  with open(out["ranking"]) as f:
-    rows = list(csv.DictReader(f))
-  t0 = [r for r in rows if r["query"] == "t0"]
-  # t0's candidates are the camera-b tracklets only: t1 (0.01) then t3 (28.09).
-  assert [(r["gallery"], r["decision"]) for r in t0] == [("t1", "match"), ("t3", "no match")]
-  with open(out["matches"]) as f:
-    matches = list(csv.DictReader(f))
-  # Each pair once: t0-t1 (0.01) and t4-t1 (0.0025); t2-t3 is 0.09 apart.
-  assert sorted((m["query"], m["gallery"]) for m in matches) == [("t0", "t1"), ("t1", "t4")]
-  (tmp_path / "threshold.json").write_text('{"metric": "cosine", "threshold": 0.5}')
-  config.search.threshold = -1.0
-  with pytest.raises(ThresholdMismatch, match="threshold on cosine distances"):
-    search_lib.run(config, str(tmp_path))
-
-
 def test_calibration_on_a_known_distribution():
   from reid_jax.evaluation.calibrate import operating_points, pair_histograms
 
@@ -415,7 +379,8 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
   x, y = ranked_sheets.frame_origin(1, 0)
   assert tuple(pixels[y - 2, x]) == ranked_sheets.COLOURS[True]
   assert tuple(pixels[2 + ranked_sheets.TEXT, 1]) == ranked_sheets.COLOURS[None]  # the query
-  assert out["num_matches"] == 4  # every cross-camera pair of the 4 tracklets, once each
+  # Every pair of the 4 tracklets, once each: folders carry no time, so same-camera pairs too.
+  assert out["num_matches"] == 6
 
 
 def test_embed_needs_only_the_checkpoint(data_dir, trained, tmp_path):
@@ -492,3 +457,126 @@ def test_embed_imports_no_training_module(trained, tmp_path):
   assert "reid_jax.inference.model" in loaded and "reid_jax.footage.embed" in loaded
   assert [m for m in TRAINING_MODULES if m in loaded] == []
   assert (tmp_path / "e.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged videos, checks before the model, several videos, strides
+
+
+def _embed(data_dir, workdir, footage, output, **overrides):
+  config = tiny_config(
+    data_dir,
+    mode="embed",
+    **{"embed.input": str(footage), "embed.output": str(output), **overrides},
+  )
+  return embed_lib.load_embeddings(embed_lib.run(config, str(workdir)))
+
+
+def _by_name(embedded):
+  return {
+    str(n): (f, int(k))
+    for n, f, k in zip(embedded["names"], embedded["features"], embedded["num_frames"])
+  }
+
+
+@pytest.mark.parametrize("codec, ext", [("mpeg4", ".avi"), ("libx264", ".mp4")])
+def test_a_damaged_video_never_moves_a_box(data_dir, trained, tmp_path, codec, ext, caplog):
+  """Damage the container shows (the AVI: frames missing) is found before the model is
+  restored; damage only the decoder sees (the MP4: data zeroed, its index intact) while
+  embedding. Either way the boxes from the damaged frame on are not placed: tracks wholly before
+  it keep the intact video's features, and no track keeps its full length with others."""
+  from reid_jax.footage.videos import VideoDamaged
+
+  from footage_videos import damage, scene_video
+
+  intact = _by_name(
+    _embed(
+      data_dir, trained, scene_video(tmp_path / "intact" / f"cam{ext}", codec), tmp_path / "i.npz"
+    )
+  )
+  video = scene_video(tmp_path / "damaged" / f"cam{ext}", codec)
+  damage(video)
+  with pytest.raises(VideoDamaged, match=rf"cam{ext} is damaged from frame \d+"):
+    _embed(data_dir, trained, tmp_path / "damaged", tmp_path / "d.npz")
+  if ext == ".avi":  # found before anything else: even without a checkpoint
+    with pytest.raises(VideoDamaged):
+      _embed(data_dir, tmp_path / "no_run", tmp_path / "damaged", tmp_path / "d.npz")
+  with caplog.at_level(logging.WARNING, logger="reid_jax"):
+    embedded = _embed(
+      data_dir, trained, tmp_path / "damaged", tmp_path / "d.npz", **{"embed.skip_bad": True}
+    )
+  damaged = _by_name(embedded)
+  np.testing.assert_allclose(damaged["cam:1"][0], intact["cam:1"][0], atol=1e-6)
+  assert damaged["cam:1"][1] == 20 and "cam:3" not in damaged
+  for name, (features, length) in damaged.items():
+    assert length < intact[name][1] or np.allclose(features, intact[name][0], atol=1e-6), name
+  if ext == ".mp4":
+    assert "embedding again without those boxes" in caplog.text
+    assert list(embedded["meta"]["damaged"]) == [video]
+
+
+def test_bad_footage_and_outputs_fail_before_the_model_is_restored(data_dir, tmp_path):
+  """In a workdir without a checkpoint, the footage's and the output's errors come first."""
+  from data_prep.files import UnwritableOutput
+
+  _save(str(tmp_path / "in" / "t" / "1.jpg"), np.zeros((8, 4, 3), np.uint8))
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(UnwritableOutput, match="a_file is a file, not a folder"):
+    _embed(data_dir, tmp_path / "no_run", tmp_path / "in", tmp_path / "a_file" / "e.npz")
+  (tmp_path / "in" / "t" / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut")
+  with pytest.raises(FootageError, match="2.jpg: unreadable frame"):
+    _embed(data_dir, tmp_path / "no_run", tmp_path / "in", tmp_path / "e.npz")
+  assert not (tmp_path / "no_run").exists()
+
+
+def test_several_videos_at_once_embed_as_each_alone(data_dir, trained, tmp_path):
+  from footage_videos import scene_video
+
+  for name in ("north", "south"):
+    scene_video(tmp_path / "both" / f"{name}.mkv", "ffv1", frames=40)
+    scene_video(tmp_path / name / f"{name}.mkv", "ffv1", frames=40)
+  both = _by_name(_embed(data_dir, trained, tmp_path / "both", tmp_path / "b.npz"))
+  for name in ("north", "south"):
+    alone = _by_name(_embed(data_dir, trained, tmp_path / name, tmp_path / f"{name}.npz"))
+    for track, (features, length) in alone.items():
+      assert both[track][1] == length
+      np.testing.assert_allclose(both[track][0], features, atol=1e-6)
+
+
+def test_a_frame_stride_embeds_every_nth_frame(data_dir, trained, tmp_path):
+  rng = np.random.default_rng(4)
+  for frame in range(1, 10):
+    _save(
+      str(tmp_path / "in" / "p" / f"{frame}.png"), rng.integers(0, 256, (24, 12, 3), dtype=np.uint8)
+    )
+  dense = _embed(data_dir, trained, tmp_path / "in", tmp_path / "d.npz")
+  strided = _embed(
+    data_dir, trained, tmp_path / "in", tmp_path / "s.npz", **{"embed.frame_stride": 2}
+  )
+  assert dense["num_frames"].tolist() == [9] and strided["num_frames"].tolist() == [5]
+  assert strided["meta"]["frame_stride"] == 2
+  assert not np.allclose(dense["features"], strided["features"])
+
+
+def test_calibrate_works_on_any_labelled_data_warns_on_few_pairs_and_keeps_the_last(
+  data_dir, trained, tmp_path, caplog
+):
+  import glob
+  import json
+
+  from reid_jax.evaluation import calibrate as calibrate_lib
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  os.symlink(os.path.join(str(trained), "checkpoints"), workdir / "checkpoints")
+  # More identities per batch than the dataset has: training could not, calibrating can.
+  config = tiny_config(data_dir, mode="calibrate", **{"data.P": 64})
+  with caplog.at_level(logging.WARNING, logger="reid_jax"):
+    first = calibrate_lib.run(config, str(workdir))
+  assert first["same_person_pairs"] < calibrate_lib.FEW_PAIRS
+  assert f"rests on {first['same_person_pairs']} same-person pairs" in caplog.text
+  assert first["warnings"] and len(first["fingerprint"]) == 16
+  second = calibrate_lib.run(config, str(workdir))
+  kept = glob.glob(str(workdir / "threshold-*.json"))
+  assert len(kept) == 1 and json.load(open(kept[0])) == first
+  assert json.load(open(workdir / "threshold.json")) == second

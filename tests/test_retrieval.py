@@ -14,6 +14,16 @@ from reid_jax import retrieval, sharding
 from reid_jax.distances import pairwise_distances
 
 
+def _same_group(q, g):
+  return q["group"] == g["group"]
+
+
+def _grouped(cameras):
+  """The exclusion of pairs of one camera, as `top_k`'s keyword arguments."""
+  q, g = retrieval.group_codes(cameras, cameras)
+  return dict(exclude=_same_group, query_labels=dict(group=q), gallery_labels=dict(group=g))
+
+
 def _problem(seed=0, num=37, dim=6):
   rng = np.random.default_rng(seed)
   features = rng.normal(size=(num, dim)).astype(np.float32)
@@ -38,17 +48,8 @@ def test_top_k_in_blocks_equals_a_brute_force_ranking(metric):
   dist = np.array(pairwise_distances(features, features, metric))
   dist[cameras[:, None] == cameras[None, :]] = np.inf  # the same file: no same-camera pairs
   expected = np.argsort(dist, axis=1, kind="stable")[:, :5]
-  groups = retrieval.group_codes(cameras, cameras)
   # A tiny budget: gallery blocks of k = 5 rows, several per device.
-  d, i = retrieval.top_k(
-    features,
-    features,
-    5,
-    metric=metric,
-    query_groups=groups[0],
-    gallery_groups=groups[1],
-    budget=16 * 64,
-  )
+  d, i = retrieval.top_k(features, features, 5, metric=metric, budget=16 * 64, **_grouped(cameras))
   np.testing.assert_array_equal(i, expected)
   np.testing.assert_allclose(d, np.take_along_axis(dist, expected, 1), rtol=1e-5, atol=1e-6)
   # Another file: every pair counts; a k beyond the gallery pads with -1 and inf.
@@ -58,19 +59,48 @@ def test_top_k_in_blocks_equals_a_brute_force_ranking(metric):
   assert (i[:, 37:] == -1).all() and np.isinf(d[:, 37:]).all()
 
 
-def test_a_masked_gallery_item_is_never_ranked():
+def _not_allowed(q, g):
+  return g["allowed"] == 0
+
+
+def test_an_excluded_gallery_item_is_never_ranked():
   features, _ = _problem()
-  mask = np.ones(len(features), bool)
-  mask[[3, 9]] = False
-  _, i = retrieval.top_k(features[:4], features, 36, gallery_mask=mask)
+  allowed = np.ones(len(features), np.int32)
+  allowed[[3, 9]] = 0
+  _, i = retrieval.top_k(
+    features[:4],
+    features,
+    36,
+    exclude=_not_allowed,
+    query_labels={},
+    gallery_labels=dict(allowed=allowed),
+  )
   assert not np.isin(i, [3, 9]).any() and (i[:, 35:] == -1).all()
+
+
+def test_within_finds_every_pair_under_the_threshold():
+  features, cameras = _problem(seed=2, num=53)
+  dist = np.array(pairwise_distances(features[:11], features, "euclidean"))
+  dist[(cameras[:11, None] == cameras[None, :])] = np.inf
+  threshold = float(np.quantile(dist[np.isfinite(dist)], 0.3))
+  q, g, d = retrieval.within(
+    features[:11], features, threshold, budget=16 * 64, **_grouped_within(cameras)
+  )
+  want_q, want_g = np.nonzero(dist <= threshold)
+  assert sorted(zip(q.tolist(), g.tolist())) == sorted(zip(want_q.tolist(), want_g.tolist()))
+  np.testing.assert_allclose(d, dist[q, g], rtol=1e-5)
+  assert all(np.diff(d[q == 0]) >= 0)  # by query, then distance
+
+
+def _grouped_within(cameras):
+  q, g = retrieval.group_codes(cameras[:11], cameras)
+  return dict(exclude=_same_group, query_labels=dict(group=q), gallery_labels=dict(group=g))
 
 
 def test_four_devices_rank_as_one():
   assert jax.device_count() == 4  # tests/conftest.py
   features, cameras = _problem(seed=1, num=101)
-  groups = retrieval.group_codes(cameras, cameras)
-  kwargs = dict(query_groups=groups[0], gallery_groups=groups[1], budget=16 * 128)
+  kwargs = dict(budget=16 * 128, **_grouped(cameras))
   one = retrieval.top_k(features, features, 9, mesh=sharding.make_mesh(jax.devices()[:1]), **kwargs)
   four = retrieval.top_k(features, features, 9, mesh=sharding.make_mesh(), **kwargs)
   np.testing.assert_array_equal(four[1], one[1])
@@ -84,14 +114,12 @@ _WORKER = textwrap.dedent("""
     jax.distributed.initialize(f'127.0.0.1:{sys.argv[1]}', 2, int(sys.argv[2]))
     import numpy as np
     sys.path.insert(0, sys.argv[4])
-    from test_retrieval import _problem
+    from test_retrieval import _grouped, _problem
     from reid_jax import retrieval
 
     assert jax.device_count() == 4 and jax.local_device_count() == 2
     features, cameras = _problem(seed=1, num=101)
-    groups = retrieval.group_codes(cameras, cameras)
-    d, i = retrieval.top_k(features, features, 9, query_groups=groups[0],
-                           gallery_groups=groups[1], budget=16 * 128)
+    d, i = retrieval.top_k(features, features, 9, budget=16 * 128, **_grouped(cameras))
     np.savez(sys.argv[3], d=d, i=i)
 """)
 
@@ -110,15 +138,13 @@ def test_two_processes_rank_as_one_device(tmp_path):
   ]
   assert [p.wait(timeout=180) for p in procs] == [0, 0]
   features, cameras = _problem(seed=1, num=101)
-  groups = retrieval.group_codes(cameras, cameras)
   d, i = retrieval.top_k(
     features,
     features,
     9,
-    query_groups=groups[0],
-    gallery_groups=groups[1],
     budget=16 * 128,
     mesh=sharding.make_mesh(jax.devices()[:1]),
+    **_grouped(cameras),
   )
   for p in range(2):
     with np.load(tmp_path / f"{p}.npz") as got:

@@ -130,7 +130,8 @@ def test_refuses_to_overwrite(generated):
 def test_footage_videos_with_their_track_files_and_ground_truth(tmp_path):
   import json
 
-  from reid_jax.footage.sources import discover, video_size
+  from reid_jax.footage.sources import discover
+  from reid_jax.footage.videos import probe_video
 
   counts = synthetic.generate_footage(str(tmp_path), videos=2, people=3, frames=24, seed=1)
   assert counts == dict(videos=2, tracks=6, frames=48)
@@ -139,7 +140,9 @@ def test_footage_videos_with_their_track_files_and_ground_truth(tmp_path):
     identities = json.load(f)
   assert sorted(t.name for t in tracks) == sorted(identities)
   assert sorted(identities.values()) == [0, 0, 1, 1, 2, 2]  # everyone in both cameras
-  assert video_size(str(tmp_path / "camera1.mp4")) == (320, 180)
+  probe = probe_video(str(tmp_path / "camera1.mp4"))
+  assert (probe.width, probe.height, probe.frames, probe.damaged_from) == (320, 180, 24, None)
+  assert skipped.unused == [str(tmp_path / "identities.json")]  # named in the log
   for t in tracks:  # one walk across: boxes move monotonically, some over the edge
     lefts = t.boxes[:, 0]
     assert (np.diff(lefts) > 0).all() or (np.diff(lefts) < 0).all()

@@ -11,6 +11,7 @@ crop window (`reid_jax.data.pipeline`) and resize with `resize_frame` too.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Iterator
 
@@ -41,6 +42,29 @@ def resize_frame(image, height: int, width: int) -> tf.Tensor:
     return tf.cast(tf.image.resize(image, [height, width]) + 0.5, tf.uint8)
 
   return tf.cond((shape[0] == height) & (shape[1] == width), lambda: image, resize)
+
+
+@functools.cache
+def _crops_program(height: int, width: int):
+  def crops(image, boxes):
+    return tf.map_fn(
+      lambda b: resize_frame(image[b[0] : b[2], b[1] : b[3]], height, width),
+      boxes,
+      fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8),
+    )
+
+  return tf.function(
+    crops,
+    input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.int32)],
+    autograph=False,
+  )
+
+
+def crops_of(image: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 `[k, height, width, 3]`: the windows `boxes` (int `[k, 4]`: top, left, bottom, right
+  in pixels) of one frame, each resized by `resize_frame`, in one call (the per-box work stays in
+  TensorFlow's C++, not in Python)."""
+  return _crops_program(height, width)(image, np.asarray(boxes, np.int32)).numpy()
 
 
 def decode_frame(encoded, height: int | None = None, width: int | None = None) -> tf.Tensor:

@@ -10,6 +10,10 @@ so memory does not grow with the number of pairs), and from the two histograms c
 - the equal error rate (EER), where the false-match and false-non-match rates meet;
 written to `threshold.json` (which `search` and `export` read through `read_threshold`),
 `pairs.png` and `roc.png`. The threshold is exact to one bin width (reported as `resolution`).
+It works on any labelled dataset with the trained model, whatever its number of identities; it
+warns when the threshold rests on few pairs (`FEW_PAIRS`, `FEW_PAIRS_UNDER`), and keeps the previous
+`threshold.json` beside the new one (`threshold-<its time>.json`). The file records the metric
+and the model's fingerprint, which `search` checks against the embeddings'.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_prep.errors import UserError
-from data_prep.files import atomic_write
+from data_prep.files import atomic_write, check_writable
 from reid_jax.distances import pairwise_distances
 from reid_jax.retrieval import BLOCK_BYTES, block_shape
 
@@ -32,6 +36,10 @@ log = logging.getLogger("reid_jax")
 
 BINS = 4096
 THRESHOLD_FILE = "threshold.json"
+# Below this many same-person pairs, or this many different-person pairs under the threshold, the
+# rates the threshold is chosen by rest on too few pairs to hold on other footage: the log says so.
+FEW_PAIRS = 300
+FEW_PAIRS_UNDER = 30
 
 
 class ThresholdMismatch(UserError, ValueError):
@@ -142,6 +150,39 @@ def operating_points(edges, same, different, false_match_rate: float) -> dict:
   )
 
 
+def _few_pairs(points: dict) -> list[str]:
+  """What the threshold's figures rest on, when it is little."""
+  warnings = []
+  if points["same_person_pairs"] < FEW_PAIRS:
+    warnings.append(
+      f"the true-match rate rests on {points['same_person_pairs']} same-person pairs (fewer than "
+      f"{FEW_PAIRS}): it may not hold on other footage"
+    )
+  under = int(round(points["false_match_rate"] * points["different_person_pairs"]))
+  if under < FEW_PAIRS_UNDER:
+    warnings.append(
+      f"the threshold rests on {under} different-person pairs under it (of "
+      f"{points['different_person_pairs']}): its false-match rate may not hold on other footage"
+    )
+  return warnings
+
+
+def _keep_previous(path: str) -> str | None:
+  """Renames an existing `threshold.json` to `threshold-<its modification time>.json` (never
+  over another); returns the new name."""
+  if not os.path.exists(path):
+    return None
+  import time
+
+  stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+  stem, ext = os.path.splitext(path)
+  target, n = f"{stem}-{stamp}{ext}", 1
+  while os.path.exists(target):
+    target, n = f"{stem}-{stamp}-{n}{ext}", n + 1
+  os.replace(path, target)
+  return target
+
+
 def plot(workdir: str, edges, same, different, points: dict, metric: str) -> None:
   from reid_jax.evaluation.report import plt, save_figure
 
@@ -178,6 +219,7 @@ def run(config, workdir: str) -> dict:
 
   checkpoint = model_lib.find_checkpoint(config, workdir)
   source = BuiltTracklets(config_lib.data_dir(config, workdir), config.dataset.name)
+  check_writable(os.path.join(workdir, THRESHOLD_FILE))
   model = model_lib.restore(config, workdir, checkpoint=checkpoint)
   features = features_lib.tracklet_features(model, source, config.data)
   table = source.table
@@ -187,11 +229,23 @@ def run(config, workdir: str) -> dict:
     features[people], table.pids[people], table.camids[people], metric=metric
   )
   points = operating_points(edges, same, different, config.calibrate.false_match_rate)
-  result = dict(metric=metric, step=model.step, dataset=config.dataset.name, **points)
+  result = dict(
+    metric=metric,
+    step=model.step,
+    fingerprint=model.fingerprint,
+    dataset=config.dataset.name,
+    **points,
+    warnings=_few_pairs(points),
+  )
+  for warning in result["warnings"]:
+    log.warning("%s", warning)
   if jax.process_index() == 0:
     path = os.path.join(workdir, THRESHOLD_FILE)
+    kept = _keep_previous(path)
     with atomic_write(path) as f:
       json.dump(result, f, indent=1)
+    if kept:
+      log.info("Kept the previous threshold as %s", kept)
     plot(workdir, edges, same, different, points, metric)
     log.info(
       "Threshold %.4g (%s): false-match rate %.4f, true-match rate %.4f; EER %.4f at %.4g "

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from data_prep.files import atomic_write  # noqa: E402
 from reid_jax import ranked_sheets, retrieval  # noqa: E402
 from reid_jax.evaluation.protocols import protocol_sets  # noqa: E402
-from reid_jax.evaluation.ranking import JUNK_PID  # noqa: E402
+from reid_jax.evaluation.ranking import is_junk  # noqa: E402
 
 DPI = 100
 CMC_SIZE = (6.4, 4.8)  # inches: 640 x 480 pixels
@@ -143,6 +143,11 @@ def chosen_queries(query_rows: np.ndarray, count: int) -> np.ndarray:
   return query_rows[np.linspace(0, len(query_rows) - 1, min(count, len(query_rows))).astype(int)]
 
 
+def _junk(q: dict, g: dict):
+  """The ranking's junk rule (`ranking.is_junk`) as a `retrieval.top_k` exclusion."""
+  return is_junk(q["pid"], q["cam"], g["pid"], g["cam"])
+
+
 def ranked_galleries(results: dict, features, table, queries, *, metric: str, top_k: int):
   """`(distances [q, k], table rows [q, k])` of the `top_k` nearest gallery tracklets of each
   of `queries` (table rows) under the results' protocol, ranked by the plain metric with junk
@@ -151,19 +156,15 @@ def ranked_galleries(results: dict, features, table, queries, *, metric: str, to
   split = results.get("splits", [0])[0]
   _, gallery_rows = protocol_sets(results["protocol"], table, split)
   features = np.asarray(features)
-  pids, camids = np.asarray(table.pids), np.asarray(table.camids)
-  q_groups, g_groups = retrieval.group_codes(
-    [(p, c) for p, c in zip(pids[queries], camids[queries])],
-    [(p, c) for p, c in zip(pids[gallery_rows], camids[gallery_rows])],
-  )
+  labels = lambda rows: dict(pid=np.asarray(table.pids)[rows], cam=np.asarray(table.camids)[rows])
   distances, positions = retrieval.top_k(
     features[queries],
     features[gallery_rows],
     min(top_k, len(gallery_rows)),
     metric=metric,
-    query_groups=q_groups,
-    gallery_groups=g_groups,
-    gallery_mask=pids[gallery_rows] != JUNK_PID,
+    exclude=_junk,
+    query_labels=labels(queries),
+    gallery_labels=labels(gallery_rows),
   )
   return distances, np.where(positions >= 0, gallery_rows[positions], -1)
 

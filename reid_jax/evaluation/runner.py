@@ -17,7 +17,7 @@ import numpy as np
 
 from data_prep import datasets
 from data_prep.errors import UserError
-from data_prep.files import atomic_write
+from data_prep.files import atomic_write, check_writable
 from reid_jax import config as config_lib
 from reid_jax.data.tracklets import BuiltTracklets, TrackletTable
 from reid_jax.evaluation.protocols import format_metrics, run_protocol
@@ -105,10 +105,12 @@ def attention_fn(model: model_lib.InferenceModel, num_frames: int, frames_fn):
   return attention
 
 
-def _restore_with_dataset(config, workdir: str):
-  """The checkpoint found first (cheap), then the built dataset, then the weights."""
+def _restore_with_dataset(config, workdir: str, output: str):
+  """The checkpoint found first (cheap), then the built dataset and that `output` can be
+  written, then the weights."""
   checkpoint = model_lib.find_checkpoint(config, workdir)
   source = BuiltTracklets(config_lib.data_dir(config, workdir), config.dataset.name)
+  check_writable(output)
   return model_lib.restore(config, workdir, checkpoint=checkpoint), source
 
 
@@ -117,7 +119,7 @@ def run_eval(config, workdir: str) -> dict:
   `config.eval.split_features` it scores saved features instead (`score_split_features`)."""
   if config.eval.split_features:
     return score_split_features(config, workdir)
-  model, source = _restore_with_dataset(config, workdir)
+  model, source = _restore_with_dataset(config, workdir, os.path.join(workdir, "metrics.json"))
   results, _ = evaluate(model, config, source, workdir)
   return results
 
@@ -125,7 +127,7 @@ def run_eval(config, workdir: str) -> dict:
 def run_extract(config, workdir: str) -> str:
   """`extract` mode: per-tracklet features, pids and cameras of the eval set to
   `<workdir>/features_step<N>.npz`; returns its path."""
-  model, source = _restore_with_dataset(config, workdir)
+  model, source = _restore_with_dataset(config, workdir, os.path.join(workdir, "features.npz"))
   features = features_lib.tracklet_features(model, source, config.data)
   path = os.path.join(workdir, f"features_step{model.step}.npz")
   if jax.process_index() == 0:

@@ -1,3 +1,4 @@
-"""Re-identification on a user's own footage: tracklet folders or videos with track files as a
-chunk-stream source (`sources`), one feature per tracklet (`embed`), and the search over them
-with its outputs (`search`)."""
+"""Re-identification on a user's own footage: the layouts of tracklet folders and videos and the
+chunk-stream source over them (`sources`), track files as trackers and benchmarks write them
+(`tracks`), videos and their damage (`videos`), one feature per tracklet (`embed`), and the
+search over them with its outputs (`search`)."""

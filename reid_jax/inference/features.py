@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from reid_jax.inference.chunks import TrackletSource, chunk_batches
+from reid_jax.inference.parallel import prefetch
 
 
 def _accumulate(sums, counts, features, rows):
@@ -88,7 +89,8 @@ def extract_features(
 def tracklet_features(model, source: TrackletSource, data_config, *, progress=None) -> np.ndarray:
   """`[N, D]` features of every tracklet of `source` (the same on every process) by `model`
   (an `InferenceModel`), with the clip size and global batch of `data_config` (`config.data`:
-  `num_frames`, `height`, `width`, `eval_batch_size`)."""
+  `num_frames`, `height`, `width`, `eval_batch_size`). The next batches are read and assembled
+  in a thread while the device computes (two ahead at most)."""
   d = data_config
   batches = chunk_batches(
     source,
@@ -98,4 +100,4 @@ def tracklet_features(model, source: TrackletSource, data_config, *, progress=No
     batch_size=d.eval_batch_size,
     progress=progress,
   )
-  return extract_features(model.features, batches, len(source.num_frames))
+  return extract_features(model.features, prefetch(batches, 2), len(source.num_frames))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 from typing import Any
 
@@ -96,6 +97,19 @@ class InferenceModel:
     the global `[B, D]` features, sharded over the mesh like the batch."""
     program = _feature_program(self.graphdef, self.normalization, self.mesh)
     return program(self.state, jax.make_array_from_process_local_data(self.batch_sharding, clips))
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A digest of the weights (SHA-256 of every variable, 16 hex digits): the same for the same
+    model wherever its checkpoint lies; what embeddings and thresholds record to be compared."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(self.local_state()))[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+      digest.update(jax.tree_util.keystr(path).encode())
+      digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()[:16]
 
   def local_state(self):
     """The variables as this process's own arrays (one copy of the replicated ones)."""
