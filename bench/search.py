@@ -54,12 +54,12 @@ def _child(what: str, queries: int, gallery: int, dim: int, k: int) -> None:
       shape, dtype, sharding=sharding.replicated(mesh)
     )
     compiled = (
-      retrieval.top_k_program(mesh, k, "euclidean", layout, False)
+      retrieval.top_k_program(mesh, k, "euclidean", layout)
       .lower(
         replicated((layout.query_rows, dim), jnp.float32),
-        replicated((layout.query_rows,), jnp.int32),
+        {},
         rows((global_rows, dim), jnp.float32),
-        rows((global_rows,), jnp.int32),
+        {},
         rows((global_rows,), jnp.bool_),
       )
       .compile()
@@ -72,16 +72,14 @@ def _child(what: str, queries: int, gallery: int, dim: int, k: int) -> None:
   if what == "top_k":
     mesh = sharding.make_mesh()
     arrays = (
-      *sharding.replicate(
-        (q_host[: layout.query_rows], np.zeros(layout.query_rows, np.int32)),
-        sharding.replicated(mesh),
-      ),
+      sharding.replicate(q_host[: layout.query_rows], sharding.replicated(mesh)),
+      {},
       retrieval._sharded_rows(g_host, global_rows, 0.0, mesh),
-      retrieval._sharded_rows(np.zeros(gallery, np.int32), global_rows, 0, mesh),
+      {},
       retrieval._sharded_rows(np.ones(gallery, bool), global_rows, False, mesh),
     )
     jax.block_until_ready(arrays)
-    program = retrieval.top_k_program(mesh, k, "euclidean", layout, False)
+    program = retrieval.top_k_program(mesh, k, "euclidean", layout)
     blocks = -(-queries // layout.query_rows)
     start = time.perf_counter()
     jax.block_until_ready(program(*arrays))
