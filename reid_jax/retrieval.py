@@ -92,6 +92,14 @@ def _merge(best_d, best_i, d, i, k):
   return -neg, jnp.take_along_axis(i, pos, axis=1)
 
 
+def _apply_rule(exclude, q_labels: dict, g_labels: dict):
+  """[b, g] bool: the rule on every pair of `[b]` query and `[g]` gallery labels."""
+  return exclude(
+    {name: v[:, None] for name, v in q_labels.items()},
+    {name: v[None, :] for name, v in g_labels.items()},
+  )
+
+
 def _left_out(exclude, q_labels, g_labels, g_valid, start, block, padded):
   """[b, block] bool: the pairs of this block that may not rank (None: none)."""
   take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, block)
@@ -99,10 +107,7 @@ def _left_out(exclude, q_labels, g_labels, g_valid, start, block, padded):
   if padded:
     left_out = ~take(g_valid)[None, :]
   if exclude is not None:
-    rule = exclude(
-      {name: v[:, None] for name, v in q_labels.items()},
-      {name: take(v)[None, :] for name, v in g_labels.items()},
-    )
+    rule = _apply_rule(exclude, q_labels, {name: take(v) for name, v in g_labels.items()})
     left_out = rule if left_out is None else left_out | rule
   return left_out
 
@@ -275,10 +280,7 @@ def _within_block(queries, q_labels, gallery, g_labels, g_valid, threshold, *, m
   dist = pairwise_distances(queries, gallery, metric)
   left_out = ~g_valid[None, :] | (dist > threshold)
   if exclude is not None:
-    left_out = left_out | exclude(
-      {name: v[:, None] for name, v in q_labels.items()},
-      {name: v[None, :] for name, v in g_labels.items()},
-    )
+    left_out = left_out | _apply_rule(exclude, q_labels, g_labels)
   return jnp.where(left_out, jnp.inf, dist)
 
 
@@ -300,19 +302,19 @@ def within(
   num_q, num_g = len(queries), len(gallery)
   q_labels, g_labels = _labels(query_labels, num_q), _labels(gallery_labels, num_g)
   rows, columns = block_shape(num_q, num_g, split_columns=True, budget=budget)
+  valid = np.ones(num_g, bool)  # padding columns of the last gallery block are False
   hits = []
   for q0 in range(0, num_q, rows):
     part = lambda x: pad_rows(x[q0 : q0 + rows], rows)
     q_block = (part(queries), {name: part(v) for name, v in q_labels.items()})
     for g0 in range(0, num_g, columns):
       cut = lambda x: pad_rows(x[g0 : g0 + columns], columns)
-      valid = cut(np.ones(num_g, bool))
       dist = np.asarray(
         _within_block(
           *q_block,
           cut(gallery),
           {name: cut(v) for name, v in g_labels.items()},
-          valid,
+          cut(valid),
           np.float32(threshold),
           metric=metric,
           exclude=exclude,

@@ -52,14 +52,16 @@ class TrainSetup:
     return sharding.batch_sharded(self.mesh)
 
 
-def _model_and_optimizer(config, num_classes: int, steps_per_epoch: int, model=None):
-  if model is None:
-    model = create_model(
-      config.model.name,
-      num_classes=num_classes,
-      rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-      **config_lib.model_overrides(config),
-    )
+def _new_model(config, num_classes: int):
+  return create_model(
+    config.model.name,
+    num_classes=num_classes,
+    rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+    **config_lib.model_overrides(config),
+  )
+
+
+def _with_optimizer(model, config, steps_per_epoch: int):
   return model, nnx.Optimizer(
     model, optim.make_optimizer(config.optim, steps_per_epoch), wrt=nnx.Param
   )
@@ -69,7 +71,9 @@ def abstract_state(config, *, num_classes: int, steps_per_epoch: int, mesh):
   """`(graphdef, state)` with `jax.ShapeDtypeStruct` leaves carrying the replicated sharding:
   nothing is allocated and no weights are loaded (restore targets, ahead-of-time compiles)."""
   graphdef, shapes = nnx.split(
-    nnx.eval_shape(lambda: _model_and_optimizer(config, num_classes, steps_per_epoch))
+    nnx.eval_shape(
+      lambda: _with_optimizer(_new_model(config, num_classes), config, steps_per_epoch)
+    )
   )
   replicated = sharding.replicated(mesh)
   return graphdef, jax.tree.map(
@@ -82,14 +86,9 @@ def build_state(
 ) -> tuple[TrainSetup, Any]:
   """`(setup, state)`: model and optimiser from `config.init` (`init_weights`) or from random
   weights, replicated over `mesh`."""
-  model = create_model(
-    config.model.name,
-    num_classes=num_classes,
-    rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-    **config_lib.model_overrides(config),
-  )
+  model = _new_model(config, num_classes)
   normalization = load_initial_weights(model, config) if init_weights else "imagenet"
-  graphdef, state = nnx.split(_model_and_optimizer(config, num_classes, steps_per_epoch, model))
+  graphdef, state = nnx.split(_with_optimizer(model, config, steps_per_epoch))
   setup = TrainSetup(mesh, graphdef, normalization, num_classes, steps_per_epoch)
   return setup, sharding.replicate(state, setup.replicated)
 

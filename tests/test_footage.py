@@ -3,7 +3,6 @@
 import logging
 import os
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +14,7 @@ from reid_jax.footage import embed as embed_lib
 from reid_jax.footage.sources import FootageError, FootageTracklets, crop, discover, parse_mot
 from reid_jax.inference import chunks
 
+from footage_videos import write_video
 from tiny_training import tiny_config
 
 T, H, W = 4, 32, 16  # the tiny config's clips
@@ -23,21 +23,6 @@ T, H, W = 4, 32, 16  # the tiny config's clips
 def _write_mot(path, rows):
   with open(path, "w") as f:
     f.write("\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
-  return str(path)
-
-
-def _write_video(path, frames):
-  """A lossless (FFV1) video of RGB `frames`."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("ffv1", rate=10)
-    stream.height, stream.width = frames[0].shape[:2]
-    stream.pix_fmt = "bgr0"
-    for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
   return str(path)
 
 
@@ -151,7 +136,7 @@ def _scene(tmp_path):
   crops as PNG tracklet folders."""
   rng = np.random.default_rng(0)
   frames = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(9)]
-  _write_video(tmp_path / "videos" / "gate.mkv", frames)
+  write_video(tmp_path / "videos" / "gate.mkv", frames)
   rows = [(f, 1, 2, 3 + f, 12, 20) for f in range(1, 10)]  # 9 frames
   rows += [(f, 4, 40.5, 10, 16, 24) for f in (2, 3, 5)]  # over the edge, a gap
   _write_mot(tmp_path / "videos" / "gate.txt", rows)

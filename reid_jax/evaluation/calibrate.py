@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -172,8 +173,6 @@ def _keep_previous(path: str) -> str | None:
   over another); returns the new name."""
   if not os.path.exists(path):
     return None
-  import time
-
   stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
   stem, ext = os.path.splitext(path)
   target, n = f"{stem}-{stamp}{ext}", 1

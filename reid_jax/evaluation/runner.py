@@ -105,12 +105,12 @@ def attention_fn(model: model_lib.InferenceModel, num_frames: int, frames_fn):
   return attention
 
 
-def _restore_with_dataset(config, workdir: str, output: str):
-  """The checkpoint found first (cheap), then the built dataset and that `output` can be
+def _restore_with_dataset(config, workdir: str, output):
+  """The checkpoint found first (cheap), then the built dataset and that `output(step)` can be
   written, then the weights."""
   checkpoint = model_lib.find_checkpoint(config, workdir)
   source = BuiltTracklets(config_lib.data_dir(config, workdir), config.dataset.name)
-  check_writable(output)
+  check_writable(output(checkpoint.step))
   return model_lib.restore(config, workdir, checkpoint=checkpoint), source
 
 
@@ -119,7 +119,9 @@ def run_eval(config, workdir: str) -> dict:
   `config.eval.split_features` it scores saved features instead (`score_split_features`)."""
   if config.eval.split_features:
     return score_split_features(config, workdir)
-  model, source = _restore_with_dataset(config, workdir, os.path.join(workdir, "metrics.json"))
+  model, source = _restore_with_dataset(
+    config, workdir, lambda step: os.path.join(workdir, "metrics.json")
+  )
   results, _ = evaluate(model, config, source, workdir)
   return results
 
@@ -127,9 +129,10 @@ def run_eval(config, workdir: str) -> dict:
 def run_extract(config, workdir: str) -> str:
   """`extract` mode: per-tracklet features, pids and cameras of the eval set to
   `<workdir>/features_step<N>.npz`; returns its path."""
-  model, source = _restore_with_dataset(config, workdir, os.path.join(workdir, "features.npz"))
+  features_path = lambda step: os.path.join(workdir, f"features_step{step}.npz")
+  model, source = _restore_with_dataset(config, workdir, features_path)
   features = features_lib.tracklet_features(model, source, config.data)
-  path = os.path.join(workdir, f"features_step{model.step}.npz")
+  path = features_path(model.step)
   if jax.process_index() == 0:
     arrays = {k: v for k, v in dataclasses.asdict(source.table).items() if v is not None}
     with atomic_write(path, "wb") as f:

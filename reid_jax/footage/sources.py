@@ -256,7 +256,7 @@ def _video_tracks(
     late = frames > placeable
     if late.any():
       if not skip_bad:
-        if probe.damaged_from is not None and frames[late][0] >= probe.damaged_from:
+        if probe.damaged_from is not None:  # every late box is at or after the damage
           raise VideoDamaged(video, probe.damaged_from, probe.damage)
         raise FootageError(
           f"{video} has {probe.frames} frames, but its track file has boxes up to frame "
@@ -457,7 +457,6 @@ class FootageTracklets:
     wanted = {int(track.frame_numbers[i]): i for i in picked}
     images = []
     for number, image in videos_lib.decoded_frames(track.video, max(wanted), wanted=wanted):
-      if number in wanted:
-        where = f"{track.source} frame {number} ({track.name})"
-        images.append(crop(image, track.boxes[wanted[number]], where))
+      where = f"{track.source} frame {number} ({track.name})"
+      images.append(crop(image, track.boxes[wanted[number]], where))
     return images

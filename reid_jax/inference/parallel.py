@@ -36,6 +36,19 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
   return False
 
 
+def _produce(reader: Callable[[], Iterable], out: queue.Queue, stop: threading.Event) -> None:
+  """Puts every item of `reader()` into `out`, then _DONE (after a _Failed if it raised); stops
+  early when the consumer has."""
+  try:
+    for item in reader():
+      if not _put(out, item, stop):
+        return
+  except BaseException as e:  # passed on to the consumer
+    _put(out, _Failed(e), stop)
+  finally:
+    _put(out, _DONE, stop)
+
+
 def interleave(readers: list[Callable[[], Iterable]], *, workers: int) -> Iterator:
   """The items of every reader's iterator, as they come (one reader runs in this thread)."""
   if len(readers) <= 1:
@@ -44,21 +57,10 @@ def interleave(readers: list[Callable[[], Iterable]], *, workers: int) -> Iterat
     return
   items: queue.Queue = queue.Queue(maxsize=2 * workers)
   stop = threading.Event()
-
-  def run(reader):
-    try:
-      for item in reader():
-        if not _put(items, item, stop):
-          return
-    except BaseException as e:  # passed on to the consumer
-      _put(items, _Failed(e), stop)
-    finally:
-      _put(items, _DONE, stop)
-
   pool = futures.ThreadPoolExecutor(max_workers=min(workers, len(readers)))
   try:
     for reader in readers:
-      pool.submit(run, reader)
+      pool.submit(_produce, reader, items, stop)
     remaining = len(readers)
     while remaining:
       item = items.get()
@@ -77,18 +79,7 @@ def prefetch(iterator: Iterable, size: int = 2) -> Iterator:
   """The items of `iterator`, produced in a thread up to `size` ahead."""
   items: queue.Queue = queue.Queue(maxsize=size)
   stop = threading.Event()
-
-  def run():
-    try:
-      for item in iterator:
-        if not _put(items, item, stop):
-          return
-    except BaseException as e:  # passed on to the consumer
-      _put(items, _Failed(e), stop)
-    finally:
-      _put(items, _DONE, stop)
-
-  thread = threading.Thread(target=run, daemon=True)
+  thread = threading.Thread(target=_produce, args=(lambda: iterator, items, stop), daemon=True)
   thread.start()
   try:
     while True:
