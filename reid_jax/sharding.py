@@ -43,9 +43,12 @@ def replicate(tree, sharding: NamedSharding):
   return jax.tree.map(put, tree)
 
 
-def abstract_like(tree):
-  """Shapes, dtypes and shardings of a tree of arrays (a restore target)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+def abstract_like(tree, sharding: NamedSharding | None = None):
+  """Shapes, dtypes and shardings of a tree of arrays or shapes (a restore target): every
+  leaf's own sharding, or `sharding` for all."""
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), tree
+  )
 
 
 def global_batch(local: dict, sharding: NamedSharding) -> dict:

@@ -75,10 +75,7 @@ def abstract_state(config, *, num_classes: int, steps_per_epoch: int, mesh):
       lambda: _with_optimizer(_new_model(config, num_classes), config, steps_per_epoch)
     )
   )
-  replicated = sharding.replicated(mesh)
-  return graphdef, jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
-  )
+  return graphdef, sharding.abstract_like(shapes, sharding.replicated(mesh))
 
 
 def build_state(

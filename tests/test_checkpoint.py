@@ -19,6 +19,7 @@ from reid_jax.checkpoints import (
   CheckpointWriter,
   MissingCheckpoint,
 )
+from reid_jax.sharding import abstract_like
 
 
 class _TinyNet(nnx.Module):
@@ -50,10 +51,6 @@ def _train_step(model, optimizer, x):
 @nnx.jit
 def _forward(model, x):
   return model(x)
-
-
-def _abstract(state):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
 def _writer(directory, **kwargs):
@@ -107,7 +104,7 @@ def test_round_trip_restores_state_and_meta(tmp_path):
 
   assert _steps(tmp_path) == [2]
   fresh = _train_state(seed=7, steps=0)
-  restored, restored_meta = _restore(tmp_path, _abstract(fresh), model_name="tiny")
+  restored, restored_meta = _restore(tmp_path, abstract_like(fresh), model_name="tiny")
   assert restored_meta == meta
   _assert_states_equal(restored, state)
 
@@ -128,7 +125,7 @@ def test_keep_last_and_restore_of_a_specific_step(tmp_path):
     assert ckpt.maybe_save(step, state=state, meta={"step": step})
   assert ckpt.steps() == [3, 4]
   ckpt.close()
-  abstract = _abstract(states[1])
+  abstract = abstract_like(states[1])
   restored, meta = _restore(tmp_path, abstract, step=3)
   assert meta == {"step": 3}
   np.testing.assert_array_equal(restored["w"], states[3]["w"])
@@ -160,7 +157,7 @@ def test_restore_into_another_shape_names_key_and_shapes(tmp_path):
   ckpt = _writer(tmp_path, async_save=False)
   ckpt.maybe_save(1, state=_train_state(seed=0, width=4, steps=0), meta={"model": "tiny4"})
   ckpt.close()
-  wider = _abstract(_train_state(seed=0, width=5, steps=0))
+  wider = abstract_like(_train_state(seed=0, width=5, steps=0))
   with pytest.raises(CheckpointMismatch) as error:
     _restore(tmp_path, wider)
   message = str(error.value)
@@ -233,7 +230,7 @@ def test_async_save_is_complete_after_close(tmp_path):
   # Committed, no temporary dir; its checksums written once committed.
   assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "checksums"]
   assert (tmp_path / "checksums" / "1.json").exists()
-  restored, _ = _restore(tmp_path, _abstract(state))
+  restored, _ = _restore(tmp_path, abstract_like(state))
   np.testing.assert_array_equal(restored["big"], state["big"])
 
 
@@ -256,14 +253,14 @@ def test_the_model_part_is_read_alone(tmp_path):
   ckpt = _writer(tmp_path)
   ckpt.maybe_save(3, state=nnx.state((source, optimizer)), meta={"step": 3}, force=True)
   ckpt.close()
-  target = _abstract(nnx.state(source))
+  target = abstract_like(nnx.state(source))
   with CheckpointReader(tmp_path) as reader:
     restored = reader.restore_part(3, "0", target=target)
     with pytest.raises(
       CheckpointMismatch, match="first mismatch at '0/head/classifier/bias/value'"
     ):
       reader.restore_part(
-        3, "0", target=_abstract(nnx.state(_trained_reid_state(num_classes=5)[0]))
+        3, "0", target=abstract_like(nnx.state(_trained_reid_state(num_classes=5)[0]))
       )
   _assert_states_equal(restored, nnx.state(source))
 
@@ -352,9 +349,9 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_restored(tmp_path, kin
   ckpt.close()
   damaged = _damage(tmp_path / "2", kind)
   with pytest.raises(CheckpointDamaged, match=rf"{tmp_path}/2 is damaged: .*{damaged.name}"):
-    _restore(tmp_path, _abstract(states[2]), step=2)
+    _restore(tmp_path, abstract_like(states[2]), step=2)
   with caplog.at_level("WARNING"):
-    restored, meta = _restore(tmp_path, _abstract(states[2]))
+    restored, meta = _restore(tmp_path, abstract_like(states[2]))
   assert meta["step"] == 1 and float(restored["w"][0]) == 1.0
   assert f"{tmp_path}/2 is damaged" in caplog.text and damaged.name in caplog.text
   assert (tmp_path / "2").exists()  # nothing is deleted
@@ -374,7 +371,7 @@ def test_a_damaged_step_is_set_aside_when_training_reaches_it_again(tmp_path):
   assert resumed.maybe_save(2, state=again, meta={"step": 2})
   resumed.close()
   assert (tmp_path / "2.damaged" / "checksums.json").exists()  # kept, not deleted
-  restored, meta = _restore(tmp_path, _abstract(again))
+  restored, meta = _restore(tmp_path, abstract_like(again))
   assert meta["step"] == 2 and float(restored["w"][0]) == 22.0
   assert _steps(tmp_path) == [1, 2]
 

@@ -191,10 +191,7 @@ def restore(config, workdir: str, *, checkpoint: CheckpointRef | None = None, me
         )
       )
     )
-    target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
-      abstract,
-    )
+    target = sharding.abstract_like(abstract, sharding.replicated(mesh))
     state = reader.restore_part(checkpoint.step, "0", target=target, model_name=config.model.name)
   return InferenceModel(
     graphdef=graphdef,
