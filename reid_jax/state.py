@@ -153,12 +153,12 @@ def load_initial_weights(model, config) -> str:
           f"config.init.checkpoint: no checkpoint in {init.checkpoint}"
         ) from None
       meta = reader.meta(step)
-    # A fine-tuned re-id model may change its last stride; the rest is the network the weights
-    # were trained in.
-    config_lib.check_same_network(
-      config, meta["config"], f"the checkpoint in {init.checkpoint}", may_differ=("last_stride",)
-    )
-    copy_checkpoint_weights(model, init.checkpoint, step=step)
+      # A fine-tuned re-id model may change its last stride; the rest is the network the weights
+      # were trained in.
+      config_lib.check_same_network(
+        config, meta["config"], f"the checkpoint in {init.checkpoint}", may_differ=("last_stride",)
+      )
+      _copy_weights(model, reader, step)
     return meta["normalization"]
   if init.torchvision_resnet50:
     load_torchvision_resnet50(model, init.torchvision_resnet50, temporal_init=init.temporal_init)
@@ -192,38 +192,42 @@ def copy_checkpoint_weights(
       it or has another shape (the message names it).
   """
   with CheckpointReader(directory) as reader:
-    step = reader.resolve(step)
-    saved = reader.saved_shapes(step)
-    if not any(key.startswith("0/") for key in saved):
+    return _copy_weights(model, reader, reader.resolve(step), skip)
+
+
+def _copy_weights(model, reader: CheckpointReader, step: int, skip=("head", "classifier")):
+  """`copy_checkpoint_weights` from the open `reader`'s `step`, already resolved (checked)."""
+  saved = reader.saved_shapes(step)
+  if not any(key.startswith("0/") for key in saved):
+    raise CheckpointMismatch(
+      f"{reader.directory}/{step} holds no model state ('0'): not written by this trainer"
+    )
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  variables, target = {}, {}
+  for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+    key = "/".join(str(p) for p in path)
+    if tuple(str(p) for p in path[: len(skip)]) == tuple(skip):
+      continue
+    shape = saved.get(f"0/{key}/value")
+    if shape is None:
       raise CheckpointMismatch(
-        f"{reader.directory}/{step} holds no model state ('0'): not written by this trainer"
+        f"{reader.directory}/{step}: no variable {key!r} in the checkpoint; is it of another "
+        "architecture?"
       )
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    variables, target = {}, {}
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
-      key = "/".join(str(p) for p in path)
-      if tuple(str(p) for p in path[: len(skip)]) == tuple(skip):
-        continue
-      shape = saved.get(f"0/{key}/value")
-      if shape is None:
-        raise CheckpointMismatch(
-          f"{reader.directory}/{step}: no variable {key!r} in the checkpoint; is it of another "
-          "architecture?"
-        )
-      if tuple(shape) != tuple(variable.shape):
-        raise CheckpointMismatch(
-          f"{reader.directory}/{step}: {key!r} has shape {tuple(shape)}, the model expects "
-          f"{tuple(variable.shape)}"
-        )
-      variables[key] = variable
-      target[f"{key}/value"] = jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=local)
-    restored = reader.restore_part(step, "0", target=_nested(target), exact=False)
+    if tuple(shape) != tuple(variable.shape):
+      raise CheckpointMismatch(
+        f"{reader.directory}/{step}: {key!r} has shape {tuple(shape)}, the model expects "
+        f"{tuple(variable.shape)}"
+      )
+    variables[key] = variable
+    target[f"{key}/value"] = jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=local)
+  restored = reader.restore_part(step, "0", target=_nested(target), exact=False)
   for key, variable in variables.items():
     value = restored
     for part in f"{key}/value".split("/"):
       value = value[part]
     variable.set_value(value)
-  log.info("Initial weights: %d variables of %s/%d", len(variables), directory, step)
+  log.info("Initial weights: %d variables of %s/%d", len(variables), reader.directory, step)
   return list(variables)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from reid_jax import config as config_lib
 from reid_jax import sharding, train
-from reid_jax.checkpoints import CheckpointWriter, latest_meta
+from reid_jax.checkpoints import CheckpointWriter, checksums, latest_meta
 from reid_jax.data import prepare
 from reid_jax.evaluation import runner
 from reid_jax.inference import model as model_lib
@@ -206,9 +206,12 @@ def test_a_checkpoint_of_another_width_is_named(data_dir, straight_run):
     runner.run_eval(wider, str(workdir))
 
 
-def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(data_dir, tmp_path):
+def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(
+  data_dir, tmp_path, monkeypatch
+):
   """Kinetics weights -> 'kinetics' normalisation in the checkpoints, in eval, and in a
-  fine-tuning run from them; a config that builds another network is refused."""
+  fine-tuning run from them (its initial checkpoint checked once); a config that builds another
+  network is refused."""
   import caffe2_i3d
 
   blobs = caffe2_i3d.random_blobs(depths=(1, 2, 2, 1), width=4, with_nonlocal=False)
@@ -248,7 +251,12 @@ def test_initial_weights_fix_the_network_and_normalisation_of_every_later_run(da
     )
 
   finetune = {**kinetics, "init.checkpoint": str(first / "checkpoints")}
+  checked = []
+  damage = checksums.damage
+  monkeypatch.setattr(checksums, "damage", lambda *a: checked.append(a) or damage(*a))
   train.train_and_evaluate(tiny_config(data_dir, **finetune), str(tmp_path / "finetuned"))
+  monkeypatch.undo()
+  assert [step for _, step in checked] == [meta["step"]]  # its files are hashed once
   meta = latest_meta(tmp_path / "finetuned" / "checkpoints")
   assert meta["normalization"] == "kinetics"
   with pytest.raises(ValueError, match=r"config.model.stem_pool_padding is 1"):
