@@ -322,7 +322,7 @@ def test_calibrate_then_search_on_the_trained_model(data_dir, trained, tmp_path)
   assert len(out["sheets"]) == 2 and all(os.path.getsize(p) for p in out["sheets"])
 
 
-def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path):
+def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path, monkeypatch):
   from reid_jax import ranked_sheets
   from reid_jax.footage import search as search_lib
 
@@ -340,6 +340,8 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
     ),
     str(trained),
   )
+  read, footage_of = [], search_lib.footage_of
+  monkeypatch.setattr(search_lib, "footage_of", lambda meta: read.append(meta) or footage_of(meta))
   out = search_lib.run(
     tiny_config(
       data_dir,
@@ -349,6 +351,7 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
     str(tmp_path),
   )
   assert len(out["sheets"]) == 4
+  assert len(read) == 1  # one file searched against itself: its footage is read once
   with Image.open(out["sheets"][0]) as sheet:
     pixels = np.asarray(sheet.convert("RGB"))
   # The query and its 2 candidates, one row each, of all 5 frames of north/p1 (the first query).

@@ -226,7 +226,9 @@ def _sheets(output, query, gallery, distances, indices, threshold, count) -> lis
     return []
   try:
     q_source, q_rows = footage_of(query["meta"])
-    g_source, g_rows = footage_of(gallery["meta"])
+    # One embedding of one footage (a file searched against itself): read it once.
+    same = gallery["meta"] == query["meta"]
+    g_source, g_rows = (q_source, q_rows) if same else footage_of(gallery["meta"])
   except (UserError, OSError, KeyError) as e:
     log.warning("No ranked sheets: the embedded footage cannot be read again (%s)", e)
     return []
