@@ -126,14 +126,9 @@ def run(config, workdir: str) -> str:
   checkpoint = model_lib.find_checkpoint(config, workdir)
   model = model_lib.restore(config, workdir, checkpoint=checkpoint)
   while True:
-    log.info(
-      "Embedding %d tracklets (%d frames) from %s",
-      len(tracks),
-      sum(t.num_frames for t in tracks),
-      e.input,
-    )
+    total = sum(t.num_frames for t in tracks)
+    log.info("Embedding %d tracklets (%d frames) from %s", len(tracks), total, e.input)
     try:
-      total = sum(t.num_frames for t in tracks)
       with tqdm(
         total=total, unit="frame", disable=jax.process_index() != 0, mininterval=2.0
       ) as progress:

@@ -41,9 +41,11 @@ from concurrent import futures
 import numpy as np
 from PIL import Image
 
+from reid_jax import ranked_sheets
 from reid_jax.footage import videos as videos_lib
 from reid_jax.footage.tracks import FootageError, Skipped, Track, parse_mot
 from reid_jax.footage.videos import VideoDamaged
+from reid_jax.inference.parallel import interleave, prefetch
 
 log = logging.getLogger("reid_jax")
 
@@ -363,7 +365,6 @@ class FootageTracklets:
   def clips(self, plan, height: int, width: int, block: int) -> Iterator:
     """Runs of chunks of folder tracks are decoded in parallel by tf.data; each video in one
     pass; the runs and videos themselves in parallel threads."""
-    from reid_jax.inference.parallel import interleave
 
     def video_of(chunk: int) -> str | None:
       track = self.tracks[plan.tracklet[chunk]]
@@ -416,8 +417,6 @@ class FootageTracklets:
         needs.setdefault(int(track.frame_numbers[position]), []).append((chunk, slot, position))
     buffers: dict[int, np.ndarray] = {}
     missing = {int(chunk): T for chunk in ids}
-    from reid_jax.inference.parallel import prefetch
-
     # Decoding runs in its own thread, a few frames ahead of the cutting here.
     frames = prefetch(
       videos_lib.decoded_frames(first_track.video, max(needs), wanted=needs.keys()), 4
@@ -438,20 +437,21 @@ class FootageTracklets:
       ]
       resized = dict(zip(boxes, frames_lib.crops_of(image, windows, height, width)))
       for chunk, slot, position in here:
-        buffers.setdefault(chunk, np.empty((T, height, width, 3), np.uint8))
+        if chunk not in buffers:
+          buffers[chunk] = np.empty((T, height, width, 3), np.uint8)
         buffers[chunk][slot] = resized[int(plan.tracklet[chunk]), position]
         missing[chunk] -= 1
         if not missing[chunk]:
           yield np.array([chunk]), buffers.pop(chunk)[None]
 
   def frames(self, row: int, count: int) -> list[np.ndarray]:
-    """Up to `count` frames spread evenly over tracklet `row` (uint8 `[h, w, 3]` each, as cut
-    from the footage, so of their own sizes): for ranked sheets."""
+    """Up to `count` frames spread evenly over tracklet `row` as a sheet picks them
+    (`ranked_sheets.shown_frames`; uint8 `[h, w, 3]` each, as cut from the footage, so of their
+    own sizes): for ranked sheets."""
     from reid_jax.data import frames as frames_lib
 
     track = self.tracks[row]
-    picked = np.unique(np.linspace(0, track.num_frames - 1, min(count, track.num_frames)).round())
-    picked = picked.astype(int)
+    picked = ranked_sheets.shown_frames(range(track.num_frames), count)
     if track.paths is not None:
       return [frames_lib.decode_frame(encoded_frame(track.paths[i])).numpy() for i in picked]
     wanted = {int(track.frame_numbers[i]): i for i in picked}
