@@ -1,8 +1,12 @@
-"""Videos and track files as cameras and trackers leave them, for the footage tests: written with
-PyAV's encoders, and damaged as disks and transfers damage them."""
+"""Videos, track files and frame files as cameras and trackers leave them, for the footage tests:
+videos written with PyAV's encoders, frames with PIL, and damaged as disks and transfers damage
+them."""
+
+import os
 
 import av
 import numpy as np
+from PIL import Image
 
 
 def write_video(path, frames, codec="ffv1", fmt=None):
@@ -24,6 +28,13 @@ def write_lines(path, lines):
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("\n".join(lines) + "\n")
   return str(path)
+
+
+def save_frame(path, image=None, fmt=None):
+  """A frame file of `image` (default a black 8x4 frame), in PIL's `fmt` (default: by its name)."""
+  os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+  image = np.zeros((8, 4, 3), np.uint8) if image is None else image
+  Image.fromarray(image).save(path, format=fmt)
 
 
 def scene_video(path, codec="mpeg4", fmt=None, frames=90, size=(120, 160)):

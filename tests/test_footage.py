@@ -14,21 +14,14 @@ from reid_jax.footage import embed as embed_lib
 from reid_jax.footage.sources import FootageError, FootageTracklets, crop, discover, parse_mot
 from reid_jax.inference import chunks
 
-from footage_videos import write_video
+from footage_videos import save_frame, write_lines, write_video
 from tiny_training import tiny_config
 
 T, H, W = 4, 32, 16  # the tiny config's clips
 
 
 def _write_mot(path, rows):
-  with open(path, "w") as f:
-    f.write("\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
-  return str(path)
-
-
-def _save(path, image):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(image).save(path)
+  return write_lines(path, [",".join(str(v) for v in row) for row in rows])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,14 +84,14 @@ def test_crop_clips_boxes_over_the_edge():
 def test_folder_layouts_and_frame_order(tmp_path):
   image = np.zeros((8, 4, 3), np.uint8)
   for name in ("f_2.jpg", "f_10.jpg", "f_9.png"):
-    _save(str(tmp_path / "flat" / "walker" / name), image)
+    save_frame(str(tmp_path / "flat" / "walker" / name), image)
   (tmp_path / "flat" / "walker" / "notes.txt").write_text("not a frame")
   tracks, _ = discover(str(tmp_path / "flat"))
   assert [(t.name, t.camera) for t in tracks] == [("walker", "")]
   np.testing.assert_array_equal(tracks[0].frame_numbers, [2, 9, 10])  # by number, not name
   for cam in ("c1", "c2"):
     for tracklet in ("t1", "t2"):
-      _save(str(tmp_path / "cams" / cam / tracklet / "0001.jpg"), image)
+      save_frame(str(tmp_path / "cams" / cam / tracklet / "0001.jpg"), image)
   tracks, _ = discover(str(tmp_path / "cams"))
   assert [(t.name, t.camera) for t in tracks] == [
     ("c1/t1", "c1"),
@@ -110,19 +103,19 @@ def test_folder_layouts_and_frame_order(tmp_path):
 
 def test_folder_errors_are_named(tmp_path):
   image = np.zeros((8, 4, 3), np.uint8)
-  _save(str(tmp_path / "a" / "t" / "snapshot.jpg"), image)
+  save_frame(str(tmp_path / "a" / "t" / "snapshot.jpg"), image)
   with pytest.raises(FootageError, match="snapshot.jpg: no frame number"):
     discover(str(tmp_path / "a"))
   (tmp_path / "b" / "cam" / "empty").mkdir(parents=True)
   with pytest.raises(FootageError, match="empty: an empty tracklet"):
     discover(str(tmp_path / "b"))
-  _save(str(tmp_path / "c" / "t" / "1.jpg"), image)
-  _save(str(tmp_path / "c" / "t" / "01.png"), image)
+  save_frame(str(tmp_path / "c" / "t" / "1.jpg"), image)
+  save_frame(str(tmp_path / "c" / "t" / "01.png"), image)
   with pytest.raises(FootageError, match="two frames share a frame number"):
     discover(str(tmp_path / "c"))
   with pytest.raises(FootageError, match="no such file or folder"):
     discover(str(tmp_path / "missing"))
-  _save(str(tmp_path / "d" / "t" / "1.jpg"), image)
+  save_frame(str(tmp_path / "d" / "t" / "1.jpg"), image)
   with pytest.raises(FootageError, match="no tracklet of at least 5 frames"):
     discover(str(tmp_path / "d"), min_length=5)
 
@@ -142,7 +135,7 @@ def _scene(tmp_path):
   _write_mot(tmp_path / "videos" / "gate.txt", rows)
   for frame, track, left, top, width, height in rows:
     box = np.array([left, top, width, height], float)
-    _save(
+    save_frame(
       str(tmp_path / "crops" / "gate" / f"track{track}" / f"{frame:04d}.png"),
       crop(frames[frame - 1], box, "scene"),
     )
@@ -253,7 +246,7 @@ def test_embed_of_a_video_equals_embed_of_its_crops(data_dir, trained, tmp_path)
 
 def test_a_failed_embed_writes_nothing(data_dir, trained, tmp_path):
   image = np.zeros((8, 4, 3), np.uint8)
-  _save(str(tmp_path / "in" / "t" / "1.jpg"), image)
+  save_frame(str(tmp_path / "in" / "t" / "1.jpg"), image)
   (tmp_path / "in" / "t" / "2.jpg").write_bytes(b"\xff\xd8 truncated")
   output = tmp_path / "out" / "embeddings.npz"
   config = tiny_config(
@@ -331,7 +324,7 @@ def test_search_draws_ranked_sheets_from_the_footage(data_dir, trained, tmp_path
     for tracklet in ("p1", "p2"):
       for frame in range(1, 6):
         image = rng.integers(0, 256, (24, 12, 3), dtype=np.uint8)
-        _save(str(tmp_path / "footage" / cam / tracklet / f"{frame}.png"), image)
+        save_frame(str(tmp_path / "footage" / cam / tracklet / f"{frame}.png"), image)
   embeddings = embed_lib.run(
     tiny_config(
       data_dir,
@@ -507,7 +500,7 @@ def test_bad_footage_and_outputs_fail_before_the_model_is_restored(data_dir, tmp
   """In a workdir without a checkpoint, the footage's and the output's errors come first."""
   from data_prep.files import UnwritableOutput
 
-  _save(str(tmp_path / "in" / "t" / "1.jpg"), np.zeros((8, 4, 3), np.uint8))
+  save_frame(str(tmp_path / "in" / "t" / "1.jpg"), np.zeros((8, 4, 3), np.uint8))
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(UnwritableOutput, match="a_file is a file, not a folder"):
     _embed(data_dir, tmp_path / "no_run", tmp_path / "in", tmp_path / "a_file" / "e.npz")
@@ -534,7 +527,7 @@ def test_several_videos_at_once_embed_as_each_alone(data_dir, trained, tmp_path)
 def test_a_frame_stride_embeds_every_nth_frame(data_dir, trained, tmp_path):
   rng = np.random.default_rng(4)
   for frame in range(1, 10):
-    _save(
+    save_frame(
       str(tmp_path / "in" / "p" / f"{frame}.png"), rng.integers(0, 256, (24, 12, 3), dtype=np.uint8)
     )
   dense = _embed(data_dir, trained, tmp_path / "in", tmp_path / "d.npz")

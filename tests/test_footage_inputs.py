@@ -11,14 +11,7 @@ from reid_jax.footage.sources import FootageError, FootageTracklets, check_frame
 from reid_jax.footage.tracks import Skipped, parse_mot
 from reid_jax.inference import chunks
 
-from footage_videos import damage, scene_video, write_lines, write_video
-
-
-def save(path, image=None, fmt=None):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image = np.zeros((8, 4, 3), np.uint8) if image is None else image
-  Image.fromarray(image).save(path, format=fmt)
-
+from footage_videos import damage, save_frame, scene_video, write_lines, write_video
 
 # ---------------------------------------------------------------------------------------------
 # Track files
@@ -75,7 +68,7 @@ def test_frames_of_any_format_pil_reads_are_read(tmp_path, fmt, ext):
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 256, (16, 8, 3), dtype=np.uint8) for _ in range(2)]
   for n, image in enumerate(images):
-    save(tmp_path / "in" / "walker" / f"{n}{ext}", image, fmt=fmt if fmt != "WEBP" else None)
+    save_frame(tmp_path / "in" / "walker" / f"{n}{ext}", image, fmt=fmt if fmt != "WEBP" else None)
   if fmt == "WEBP":  # lossless, so the pixels can be compared
     for n, image in enumerate(images):
       Image.fromarray(image).save(tmp_path / "in" / "walker" / f"{n}{ext}", lossless=True)
@@ -88,7 +81,7 @@ def test_frames_of_any_format_pil_reads_are_read(tmp_path, fmt, ext):
 
 
 def test_what_is_not_read_is_named(tmp_path, caplog):
-  save(tmp_path / "in" / "walker" / "1.jpg")
+  save_frame(tmp_path / "in" / "walker" / "1.jpg")
   (tmp_path / "in" / "walker" / "notes.txt").write_text("x")
   (tmp_path / "in" / ".DS_Store").write_text("x")
   (tmp_path / "in" / "readme.md").write_text("x")
@@ -103,12 +96,12 @@ def test_what_is_not_read_is_named(tmp_path, caplog):
 
 
 def test_ambiguous_layouts_are_errors_naming_them(tmp_path):
-  save(tmp_path / "a" / "cam1" / "t1" / "1.jpg")
-  save(tmp_path / "a" / "cam1" / "t2" / "1.jpg")
-  save(tmp_path / "a" / "cam1" / "0001.jpg")  # a stray frame beside the camera's tracklets
+  save_frame(tmp_path / "a" / "cam1" / "t1" / "1.jpg")
+  save_frame(tmp_path / "a" / "cam1" / "t2" / "1.jpg")
+  save_frame(tmp_path / "a" / "cam1" / "0001.jpg")  # a stray frame beside the camera's tracklets
   with pytest.raises(FootageError, match=r"cam1 holds both frames \(0001.jpg, ...\) and folders"):
     discover(str(tmp_path / "a"))
-  save(tmp_path / "b" / "cam1" / "t1" / "deeper" / "1.jpg")
+  save_frame(tmp_path / "b" / "cam1" / "t1" / "deeper" / "1.jpg")
   with pytest.raises(FootageError, match="deeper: a folder inside the tracklet"):
     discover(str(tmp_path / "b"))
   rng = np.random.default_rng(0)
@@ -125,14 +118,14 @@ def test_tracklet_folders_beside_videos_are_both_read(tmp_path):
   frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)]
   write_video(tmp_path / "in" / "gate.mkv", frames)
   write_lines(tmp_path / "in" / "gate.txt", ["1,1,0,0,4,4", "2,1,0,0,4,4"])
-  save(tmp_path / "in" / "walker" / "1.jpg")
+  save_frame(tmp_path / "in" / "walker" / "1.jpg")
   tracks, skipped = discover(str(tmp_path / "in"))
   assert [t.name for t in tracks] == ["gate:1", "walker"] and not skipped.unused
 
 
 def test_an_unreadable_frame_is_named_or_skipped_before_any_decoding(tmp_path):
-  save(tmp_path / "in" / "t" / "1.jpg")
-  save(tmp_path / "in" / "t" / "2.jpg")
+  save_frame(tmp_path / "in" / "t" / "1.jpg")
+  save_frame(tmp_path / "in" / "t" / "2.jpg")
   good = (tmp_path / "in" / "t" / "2.jpg").read_bytes()
   (tmp_path / "in" / "t" / "2.jpg").write_bytes(good[: len(good) // 2])  # cut short
   (tmp_path / "in" / "u" / "1.png").parent.mkdir()

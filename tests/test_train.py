@@ -25,6 +25,18 @@ from tiny_training import tiny_config, tiny_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_main(*args, timeout: int, env=None) -> subprocess.CompletedProcess:
+  """`python -m reid_jax.main ARGS` from the repository, its output captured as text."""
+  return subprocess.run(
+    [sys.executable, "-m", "reid_jax.main", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
 def saved_arrays(workdir, step):
   with ocp.CheckpointManager(
     os.path.join(workdir, "checkpoints"),
@@ -326,19 +338,11 @@ def test_the_run_log_holds_the_runs_own_lines(tmp_path):
     tmp_path / "data", **{"optim.total_epochs": 1, "optim.decay_start_epoch": 0}
   )
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "reid_jax.main",
-      "--config=configs/synthetic.py",
-      f"--workdir={tmp_path / 'run'}",
-      *config_flags,
-    ],
-    cwd=REPO,
+  result = run_main(
+    "--config=configs/synthetic.py",
+    f"--workdir={tmp_path / 'run'}",
+    *config_flags,
     env=env,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 0, result.stderr
@@ -429,13 +433,7 @@ def test_metrics_of_replayed_steps_are_written_once(tmp_path):
   ],
 )
 def test_a_bad_override_is_one_line(tmp_path, args, line):
-  result = subprocess.run(
-    [sys.executable, "-m", "reid_jax.main", f"--workdir={tmp_path / 'run'}", *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
+  result = run_main(f"--workdir={tmp_path / 'run'}", *args, timeout=120)
   assert result.returncode == 1
   assert result.stderr.strip() == line
   assert not (tmp_path / "run").exists()
@@ -444,13 +442,7 @@ def test_a_bad_override_is_one_line(tmp_path, args, line):
 def test_the_modes_and_their_help_come_from_the_registry():
   from reid_jax import modes
 
-  result = subprocess.run(
-    [sys.executable, "-m", "reid_jax.main", "--help"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
+  result = run_main("--help", timeout=120)
   help_text = " ".join(result.stdout.split())  # (absl's --help exits with status 1)
   readme = open(os.path.join(REPO, "README.md")).read()
   for name, mode in modes.MODES.items():
@@ -484,12 +476,10 @@ def test_the_modes_and_their_help_come_from_the_registry():
 )
 def test_an_error_the_user_can_act_on_is_one_line(tmp_path, flags, line):
   """A UserError from anywhere in a run: one `error:` line on stderr, status 1, no traceback."""
-  result = subprocess.run(
-    [sys.executable, "-m", "reid_jax.main", f"--workdir={tmp_path / 'run'}", *flags],
-    cwd=REPO,
+  result = run_main(
+    f"--workdir={tmp_path / 'run'}",
+    *flags,
     env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert result.returncode == 1, result.stderr
