@@ -70,9 +70,11 @@ def _child(what: str, queries: int, gallery: int, dim: int, k: int) -> None:
   seconds = time.perf_counter() - start
   program_seconds = seconds
   if what == "top_k":
-    mesh = sharding.make_mesh()
     arrays = (
-      sharding.replicate(q_host[: layout.query_rows], sharding.replicated(mesh)),
+      sharding.replicate(
+        retrieval.pad_rows(q_host[: layout.query_rows], layout.query_rows),
+        sharding.replicated(mesh),
+      ),
       {},
       retrieval._sharded_rows(g_host, global_rows, 0.0, mesh),
       {},
