@@ -4,9 +4,10 @@ r"""`export`: time to export, artifact sizes, and the feature time per clip of e
     python bench/export.py --config configs/mars.py --batch 4
 
 Builds the config's model with random weights (times and sizes do not depend on them), exports
-it as `export` mode does (jax.export serialization and a jax2tf SavedModel, CPU), and times
-in one run, after a warm-up each, a batch of uint8 clips through: the jitted feature function
-(what evaluation runs), the deserialized `jax.export`, and the SavedModel's `serving_default`.
+it as `export` mode does (jax.export serialization, a jax2tf SavedModel, CPU, and the ONNX file
+with its onnxruntime check at batches 1 and 3), and times in one run, after a warm-up each, a
+batch of uint8 clips through: the jitted feature function (what evaluation runs), the
+deserialized `jax.export`, the SavedModel's `serving_default` and onnxruntime's CPU session.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def main() -> None:
   start = time.perf_counter()
   export_lib.export_saved_model(fn, clip_shape, ("cpu",), os.path.join(folder, "saved_model"))
   saved_model_s = time.perf_counter() - start
+  onnx_path = os.path.join(folder, "features.onnx")
+  start = time.perf_counter()
+  onnx_check = export_lib.export_onnx(fn, clip_shape, onnx_path)
+  onnx_s = time.perf_counter() - start
+  import onnxruntime as ort
+
+  session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
 
   clips = np.random.default_rng(0).integers(0, 256, (args.batch, *clip_shape), dtype=np.uint8)
   jitted = jax.jit(fn)
@@ -72,11 +80,13 @@ def main() -> None:
     "jitted": _time(lambda: jitted(clips).block_until_ready(), args.repeats),
     "jax.export": _time(lambda: exported(clips), args.repeats),
     "SavedModel": _time(lambda: serve(clips=tf_clips)["features"].numpy(), args.repeats),
+    "ONNX": _time(lambda: session.run(["features"], {"clips": clips}), args.repeats),
   }
   reference = np.asarray(jitted(clips))
   for name, out in (
     ("jax.export", exported(clips)),
     ("SavedModel", serve(clips=tf_clips)["features"].numpy()),
+    ("ONNX", session.run(["features"], {"clips": clips})[0]),
   ):
     err = np.abs(out - reference).max() / np.abs(reference).max()
     print(f"{name} max relative difference to jitted: {err:.2e}")
@@ -86,7 +96,9 @@ def main() -> None:
     f"{os.cpu_count()} CPUs"
   )
   print(f"  export: jax.export {jax_export_s:.1f} s ({_size_mib(os.path.join(folder, 'features.jax_export')):.1f} MiB), "
-        f"SavedModel {saved_model_s:.1f} s ({_size_mib(os.path.join(folder, 'saved_model')):.1f} MiB)")  # fmt: skip
+        f"SavedModel {saved_model_s:.1f} s ({_size_mib(os.path.join(folder, 'saved_model')):.1f} MiB), "
+        f"ONNX {onnx_s:.1f} s with its check ({_size_mib(onnx_path):.1f} MiB, opset {onnx_check['opset']}, "
+        f"check at batches 1 and 3: {onnx_check['max_relative_difference']:.1e})")  # fmt: skip
   for name, seconds in times.items():
     print(
       f"  {name:<11} {1000 * seconds / args.batch:8.1f} ms per clip "

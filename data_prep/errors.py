@@ -27,3 +27,27 @@ class FieldError(UserError, ValueError):
     super().__init__(f"{field}: {message}")
     self.field = field
     self.message = message
+
+
+# The optional parts of the package and what a user installs for each (pyproject.toml's extras).
+# jax2onnx declares an older orbax-checkpoint than the one this package needs, though it never
+# imports it, so it is installed without its declared dependencies after the `onnx` extra.
+EXTRAS = {
+  "video": "pip install 'reid-jax[video]'",
+  "torch": "pip install 'reid-jax[torch]'",
+  "onnx": "pip install 'reid-jax[onnx]' && pip install --no-deps jax2onnx==0.17.1",
+}
+
+
+class MissingExtra(UserError, ImportError):
+  """An optional library this call needs is not installed; the message names the extra."""
+
+
+def require(module: str, extra: str, purpose: str):
+  """`import module`, or MissingExtra: `<purpose> needs <module>: <the extra's install line>`."""
+  import importlib
+
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise MissingExtra(f"{purpose} needs {module} ({e}): {EXTRAS[extra]}") from e

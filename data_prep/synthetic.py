@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from data_prep.errors import FieldError
+from data_prep.errors import FieldError, UserError, require
 
 # Well-separated clothing colours (RGB): a small network must tell every pair apart.
 _PALETTE = np.array(
@@ -444,7 +444,7 @@ def generate_footage(
   """
   import json
 
-  import av
+  av = require("av", "video", f"writing the videos of {out}")
 
   if os.path.exists(os.path.join(out, "identities.json")):
     raise FileExistsError(f"{out} already holds footage; choose another folder")
@@ -515,10 +515,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   footage, out = args.pop("footage"), args.pop("out")
   if bool(footage) == bool(out):
     parser.error("give one of --out (a dataset) and --footage (videos)")
-  if footage:
-    counts = generate_footage(footage, seed=args["seed"])
-  else:
-    counts = generate(out, **args)
+  try:
+    counts = generate_footage(footage, seed=args["seed"]) if footage else generate(out, **args)
+  except UserError as e:
+    raise SystemExit(f"error: {e}") from None
   print(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 

@@ -145,7 +145,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   # `export` mode: the feature function for serving (reid_jax/export.py).
   c.export = ml_collections.ConfigDict()
-  c.export.platforms = "cpu"  # comma-separated: cpu, cuda, tpu
+  c.export.platforms = "cpu"  # comma-separated: cpu, cuda, tpu (of jax_export, saved_model)
+  c.export.formats = "jax_export,saved_model"  # comma-separated: jax_export, saved_model, onnx
 
   # Initial weights: at most one source. Each implies the input normalisation the model is
   # trained with (recorded in its checkpoints; see reid_jax/data/normalize.py).
@@ -358,3 +359,10 @@ def validate(config, *, num_devices: int) -> None:
   from reid_jax import export  # deferred: the registry of platforms, nothing is exported
 
   _owned("export.platforms", lambda: export.platforms_of(config.export.platforms))
+  _owned("export.formats", lambda: export.formats_of(config.export.formats))
+  _check(
+    config.mode != "export" or config.model.attention_impl != "cudnn",
+    "model.attention_impl",
+    "cudnn attention cannot be exported (JAX lowers it as a Python-partitioned call, which "
+    "jax.export cannot serialize); export with --config.model.attention_impl=xla, the same weights",
+  )

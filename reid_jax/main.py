@@ -159,5 +159,16 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
 
 
-if __name__ == "__main__":
+def run():
+  """The `reid-jax` console script: the same as `python -m reid_jax.main`, --help included (absl
+  takes the usage from `__main__`'s docstring and the main module's key flags)."""
+  script = sys.modules["__main__"]
+  if script.__name__ != __name__:
+    script.__doc__ = __doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from data_prep.errors import require
 from reid_jax.footage.tracks import FootageError
 
 # Of a constant-rate stream's timestamp steps, at least this share is the nominal step; a step
@@ -65,7 +66,7 @@ class VideoProbe:
 
 
 def _open(path: str):
-  import av
+  av = require("av", "video", f"reading {path} (a video)")
 
   try:
     container = av.open(path)

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data_prep.errors import require
+
 BN_FIELDS = ("scale", "bias", "mean", "var")
 
 # Keys of the files' stem conv, one per family, in the order they are looked for.
@@ -110,10 +112,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _torch_load(path: str):
-  try:
-    import torch  # deferred: only these loaders need PyTorch
-  except ImportError as e:
-    raise ImportError(f"reading {path} needs PyTorch (`pip install torch`)") from e
+  torch = require("torch", "torch", f"reading {path} (a PyTorch weights file)")
   # Training checkpoints of the re-id codebases hold numpy scalars (e.g. torchreid's `rank1`).
   numeric = np.typecodes["AllInteger"] + np.typecodes["AllFloat"] + "?"
   numpy_scalars = [np._core.multiarray.scalar, np.dtype, *{type(np.dtype(c)) for c in numeric}]
