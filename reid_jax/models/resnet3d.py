@@ -50,6 +50,7 @@ RESNET50_DEPTHS = (3, 4, 6, 3)
 
 # Compute dtypes: parameters stay float32 whatever the compute dtype.
 DTYPES = ("float32", "bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 256  # cuDNN's fused attention on Hopper and later (128 before)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +104,37 @@ class Architecture:
       if jnp.dtype(value).name not in DTYPES:
         raise FieldError(key, f"{jnp.dtype(value).name!r} is not one of {DTYPES}")
       object.__setattr__(self, key, jnp.dtype(value))
+    if self.attention_impl == "cudnn":
+      self._check_cudnn_attention()
     for key in ("width", "bottleneck_dim", "last_stride"):
       if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
         raise FieldError(key, f"must be a positive integer, got {getattr(self, key)!r}")
     if not 0 <= self.dropout_rate < 1:
       raise FieldError("dropout_rate", f"must lie in [0, 1), got {self.dropout_rate}")
+
+  def nonlocal_widths(self) -> dict[int, int]:
+    """The inner (theta, phi, g) width of the non-local blocks of each of their stages: the
+    attention's single head dimension."""
+    return {
+      stage: max(1, int(self.width * 2**stage * Bottleneck.expansion * self.nonlocal_inner_ratio))
+      for stage in self.nonlocal_stages
+    }
+
+  def _check_cudnn_attention(self) -> None:
+    """cuDNN's fused attention (jax.nn.dot_product_attention's cudnn implementation) takes
+    bfloat16 or float16 inputs and a head dimension that is a multiple of 8, at most 256 (on
+    Hopper and later GPUs; 128 before). JAX would refuse either only when tracing on a GPU."""
+    if self.dtype.name not in ("bfloat16", "float16"):
+      raise FieldError(
+        "attention_impl", f"cudnn attention needs dtype bfloat16 or float16, got {self.dtype.name}"
+      )
+    for stage, inner in self.nonlocal_widths().items():
+      if inner > CUDNN_MAX_HEAD_DIM or inner % 8:
+        raise FieldError(
+          "attention_impl",
+          f"cudnn attention takes a head dimension that is a multiple of 8 and at most "
+          f"{CUDNN_MAX_HEAD_DIM}; the non-local blocks of res{stage + 2} have {inner}: use xla",
+        )
 
   def check_clip(self, num_frames: int, height: int, width: int) -> None:
     """Raises FieldError (`num_frames`, or the field of the network that does not fit) when
