@@ -2,6 +2,7 @@ r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, l
 
     python bench/train_step.py [--config configs/mars.py] [--batch 8] [--steps 3]
         [--dtype float32|bfloat16] [--remat] [--attention_impl einsum|xla|cudnn]
+        [--conv_grads auto|xla]
         [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
         [--profile DIR]
 
@@ -60,6 +61,9 @@ def add_model_flags(parser):
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--attention_impl", choices=("einsum", "xla", "cudnn"), default=None)
+  parser.add_argument(
+    "--conv_grads", choices=("auto", "xla"), default=None, help="conv kernel gradients"
+  )
   parser.add_argument("--width", type=int, default=None, help="channels after the stem")
   parser.add_argument("--depths", default=None, help="blocks per stage, e.g. 1,1,1,1")
   parser.add_argument("--frames", type=int, default=None)
@@ -75,6 +79,7 @@ def load_config(args):
   for field, value in (
     ("dtype", args.dtype),
     ("attention_impl", args.attention_impl),
+    ("conv_grads", args.conv_grads),
     ("width", args.width),
   ):
     if value is not None:
@@ -188,7 +193,8 @@ def report(config, result: dict) -> None:
     f"JAX {jax.__version__}, {jax.device_count()} x {device.device_kind} "
     f"({device.platform}), {config.model.name} {config.model.dtype}, "
     f"batch {d.P * d.K} x {d.num_frames}x{d.height}x{d.width}, "
-    f"remat {config.model.remat}, attention {config.model.attention_impl}"
+    f"remat {config.model.remat}, attention {config.model.attention_impl}, "
+    f"conv grads {config.model.conv_grads}"
   )
   print(f"  compile          {result['compile_s']:8.1f} s")
   print(f"  step (median)    {step_s:8.3f} s   (first call {result['first_s']:.3f} s)")
