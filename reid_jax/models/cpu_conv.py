@@ -1,23 +1,27 @@
-"""The convolutions of `layers.Conv3D` with kernel gradients computed as tap-wise matmuls on CPUs.
+"""The convolutions of `layers.Conv3D`, with gradients computed as tap-wise matmuls on CPUs.
 
 XLA CPU differentiates a convolution into convolutions: the kernel gradient of a `k x k` conv
-is a convolution of the input by the output gradient (with `rhs_dilation` for a strided conv),
-which it runs at a fraction of its forward speed, and the kernel gradient of a channel matmul
-(the `k_t x 1 x 1` convs) is a matmul contracting the positions, for which it writes one
-operand transposed (bench/README.md). Here each convolution is a `jax.custom_vjp` whose forward
-is the same computation as before (the same values), and whose backward computes the kernel
-gradient as a sum over the kernel's taps of
+is a convolution of the input by the output gradient (with `rhs_dilation` for a strided conv,
+its slowest form), and the kernel gradient of a channel matmul (the `k_t x 1 x 1` convs) is a
+matmul contracting the positions, for which it writes one operand transposed (bench/README.md).
+Here a convolution is a `jax.custom_vjp` whose forward is the computation `Conv3D` always ran
+(the same values) and whose backward computes the kernel gradient as a sum over the taps of
 
     dW[tap] = X_tap^T @ dY     X_tap: [positions, C_in], dY: [positions, C_out]
 
-(`X_tap` the input positions that tap reads, a strided slice for a strided conv), each a dense
-matmul; the input gradient stays what JAX's autodiff gives (XLA's transposed convolution, or the
-transposed matmuls). The choice is made when the program is lowered (`lax.platform_dependent`):
-on CPUs the tap-wise kernel gradient, elsewhere (GPUs, TPUs, an export for them) the backward
-is JAX's own, so those backends run XLA's convolutions exactly as without this module.
+each a dense matmul contracting the positions in place (row-major operands, no transposed copy):
 
-`conv_grads="xla"` in the model (`Architecture.conv_grads`) leaves the custom VJPs out
-altogether, which is how the two are compared (bench/README.md).
+- `k_t x 1 x 1`: `X_tap` is the whole input and `dY` the output gradient shifted in time by the
+  tap (C_out channels: a quarter of the bottleneck's C_in, so shifting it is the cheap copy);
+  the input gradient is one matmul of the `k_t` shifted output gradients stacked on channels.
+- `k x k` over frames, strided: `X_tap` is the strided slice of the padded frames that the tap
+  reads; the input gradient stays XLA's (its transposed convolution). Used only where it is
+  faster than XLA's (`conv_frames`): the unstrided 3x3 convs and the 15-channel stem keep XLA's.
+
+The choice is made when the program is lowered (`lax.platform_dependent`): on CPUs the tap-wise
+gradients, elsewhere (GPUs, TPUs, an export for them) JAX's own autodiff of the same forward, so
+those backends run XLA's convolutions as without this module. `conv_grads="xla"`
+(`Architecture.conv_grads`) leaves the custom VJPs out altogether.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ MIN_TAPWISE_FRAME_CHANNELS = 64
 
 
 def conv_pointwise(x, kernel, conv_grads: str):
-  """The `k_t x 1 x 1` conv of `pointwise_temporal_conv`, with `conv_grads`' kernel gradient."""
+  """The `k_t x 1 x 1` conv of `pointwise_temporal_conv`, with `conv_grads`' gradients."""
   if conv_grads == "auto":
     return pointwise_temporal_conv_tapwise(x, kernel)
   return pointwise_temporal_conv(x, kernel)
@@ -95,19 +99,30 @@ def _matmul_tn(a, b):
 # --- k_t x 1 x 1 -------------------------------------------------------------------------------
 
 
-def _pointwise_kernel_grad_taps(x, dy, k_t: int):
-  """`[k_t, C, D]`: for each tap, the positions' `x[t - k_t // 2 + tap]^T @ dy[t]`."""
-  shifts = time_shifts(x, k_t) if k_t > 1 else [x]
-  return jnp.stack([_matmul_tn(shifted, dy) for shifted in shifts])
+def _output_grad_shifts(dy, k_t: int):
+  """`dy[t + k_t // 2 - tap]` (zero outside the clip) for each tap: the output gradient each
+  input frame `t` receives through tap `tap`."""
+  return time_shifts(dy, k_t)[::-1] if k_t > 1 else [dy]
 
 
-def _pointwise_kernel_grad_xla(x, dy, kernel):
-  return jax.vjp(lambda k: pointwise_temporal_conv(x, k), kernel)[1](dy)[0]
+def _pointwise_grads_taps(x, dy, kernel):
+  """Input and kernel gradients of `pointwise_temporal_conv` from the shifted output gradient
+  (C_out channels, a quarter of the bottleneck's C_in): for each tap `dW[tap] = x^T @ dy_tap`
+  over every position, and `dx = [dy_0 .. dy_k] @ [W_0^T .. W_k^T]` as one matmul."""
+  shifts = _output_grad_shifts(dy, kernel.shape[0])
+  dkernel = jnp.stack([_matmul_tn(x, shifted) for shifted in shifts])
+  stacked = jnp.concatenate(shifts, axis=-1) if len(shifts) > 1 else shifts[0]
+  dx = jnp.einsum("bthwk,kc->bthwc", stacked, jnp.swapaxes(kernel, 1, 2).reshape(-1, x.shape[-1]))
+  return dx, dkernel
+
+
+def _pointwise_grads_xla(x, dy, kernel):
+  return jax.vjp(pointwise_temporal_conv, x, kernel)[1](dy)
 
 
 @jax.custom_vjp
 def pointwise_temporal_conv_tapwise(x, kernel):
-  """`pointwise_temporal_conv` whose kernel gradient on CPUs is `_pointwise_kernel_grad_taps`."""
+  """`pointwise_temporal_conv` whose gradients on CPUs are `_pointwise_grads_taps`."""
   return pointwise_temporal_conv(x, kernel)
 
 
@@ -117,15 +132,9 @@ def _pointwise_fwd(x, kernel):
 
 def _pointwise_bwd(residuals, dy):
   x, kernel = residuals
-  dx = jax.vjp(lambda x: pointwise_temporal_conv(x, kernel), x)[1](dy)[0]
-  dkernel = lax.platform_dependent(
-    x,
-    dy,
-    kernel,
-    cpu=lambda x, dy, kernel: _pointwise_kernel_grad_taps(x, dy, kernel.shape[0]),
-    default=_pointwise_kernel_grad_xla,
+  return lax.platform_dependent(
+    x, dy, kernel, cpu=_pointwise_grads_taps, default=_pointwise_grads_xla
   )
-  return dx, dkernel
 
 
 pointwise_temporal_conv_tapwise.defvjp(_pointwise_fwd, _pointwise_bwd)

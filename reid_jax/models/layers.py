@@ -57,8 +57,8 @@ class Conv3D(nnx.Module):
   """A `k_t x k_h x k_w` convolution of a clip, no bias, spatial stride only, 'same' padding.
 
   The kernel is `[k_t, k_h, k_w, C_in, C_out]`; padding is `k // 2` on every axis (PyTorch's
-  `padding=k // 2`), so T is kept and H, W shrink by the stride. `conv_grads` (`cpu_conv.CONV_GRADS`)
-  chooses how the kernel gradient is computed; the forward is the same either way.
+  `padding=k // 2`), so T is kept and H, W shrink by the stride. `conv_grads`
+  (`cpu_conv.CONV_GRADS`) chooses how the gradients are computed; the forward is the same.
   """
 
   def __init__(
