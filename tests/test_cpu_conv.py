@@ -73,17 +73,25 @@ def test_pointwise_temporal_conv_gradients(k_t):
   ],
 )
 def test_frame_conv_gradients(k, stride, channels, size):
-  """`k x k` over frames: the custom VJP against autodiff of lax's 2D convolution."""
+  """`k x k` over frames: the custom VJP, and both of its CPU kernel gradients (tap-wise, XLA's
+  by chunks of frames), against autodiff of lax's 2D convolution."""
   rng = np.random.default_rng(k * 10 + stride)
-  frames = jnp.asarray(rng.normal(size=(3, *size, channels[0])), jnp.float32)
+  frames = jnp.asarray(rng.normal(size=(10, *size, channels[0])), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(k, k, *channels)), jnp.float32)
   ours = lambda f, w: cpu_conv.frame_conv_tapwise(f, w, stride)
   xla = lambda f, w: cpu_conv.frame_conv(f, w, stride)
-  (out, grads), (want_out, want) = jax.jit(lambda f, w: (vjp(ours, f, w), vjp(xla, f, w)))(
-    frames, kernel
-  )
+
+  def run(f, w):
+    (out, grads), (want_out, want) = vjp(ours, f, w), vjp(xla, f, w)
+    dy = jax.random.normal(jax.random.key(0), want_out.shape)
+    taps = cpu_conv._frame_kernel_grad_taps(f, dy, k, k, stride)
+    chunked = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride)
+    return out, grads, want_out, want, taps, chunked
+
+  out, grads, want_out, want, taps, chunked = jax.jit(run)(frames, kernel)
   np.testing.assert_array_equal(out, want_out)
   assert_grads_close(grads, want, 1e-5)
+  assert_grads_close([taps, chunked], [want[1]] * 2, 1e-5)  # 10 frames: chunks of 2
 
 
 def test_bfloat16_gradients():
@@ -110,23 +118,23 @@ def test_bfloat16_gradients():
     assert_grads_close(grads, want, 2e-2)
 
 
-def test_conv_grads_selects_the_tapwise_convs_where_they_win():
-  """`conv_frames` takes the tap-wise kernel gradient for strided convs of 64 or more channels
-  only; `"xla"` never does."""
+def test_conv_grads_selects_the_kernel_gradients():
+  """`"auto"` makes every conv a custom VJP (`"xla"` none), whose CPU kernel gradient is
+  tap-wise for the strided convs of 64 or more channels only."""
 
-  def uses_custom_vjp(conv_grads, kernel_shape, stride):
-    frames = jnp.zeros((1, 8, 8, kernel_shape[2]))
-    f = lambda w: cpu_conv.conv_frames(frames, w, stride, conv_grads)
-    return "custom_vjp_call" in str(jax.make_jaxpr(f)(jnp.zeros(kernel_shape)))
+  def uses_custom_vjp(conv_grads):
+    frames, kernel = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
+    f = lambda w: cpu_conv.conv_frames(frames, w, 2, conv_grads)
+    x, kernel_t = jnp.zeros((1, 2, 2, 2, 4)), jnp.zeros((3, 4, 4))
+    g = lambda k: cpu_conv.conv_pointwise(x, k, conv_grads)
+    jaxprs = str(jax.make_jaxpr(f)(kernel)), str(jax.make_jaxpr(g)(kernel_t))
+    return ["custom_vjp_call" in jaxpr for jaxpr in jaxprs]
 
-  assert uses_custom_vjp("auto", (3, 3, 64, 64), 2)
-  assert not uses_custom_vjp("auto", (3, 3, 64, 64), 1)
-  assert not uses_custom_vjp("auto", (7, 7, 15, 64), 2)  # the stem
-  assert not uses_custom_vjp("xla", (3, 3, 64, 64), 2)
-  x, kernel = jnp.zeros((1, 2, 2, 2, 4)), jnp.zeros((3, 4, 4))
-  assert "custom_vjp_call" in str(
-    jax.make_jaxpr(lambda k: cpu_conv.conv_pointwise(x, k, "auto"))(kernel)
-  )
+  assert uses_custom_vjp("auto") == [True, True]
+  assert uses_custom_vjp("xla") == [False, False]
+  assert cpu_conv.uses_tapwise_kernel_grad((3, 3, 64, 64), 2)
+  assert not cpu_conv.uses_tapwise_kernel_grad((3, 3, 64, 64), 1)
+  assert not cpu_conv.uses_tapwise_kernel_grad((7, 7, 15, 64), 2)  # the stem
 
 
 def test_other_platforms_keep_xla_convolutions():
@@ -152,8 +160,8 @@ def test_other_platforms_keep_xla_convolutions():
 
 
 def test_whole_model_gradient_equals_xla_convolutions():
-  """The tiny I3D-NL's loss gradient with the tap-wise kernel gradients equals XLA's (its res5
-  3x3 conv has 64 channels and stride 2, so every custom VJP is in it)."""
+  """The tiny I3D-NL's loss gradient with `conv_grads="auto"` equals XLA's (its res5 3x3 conv
+  has 64 channels and stride 2, so every CPU gradient formulation is in it)."""
   clips = jax.random.normal(jax.random.key(2), (2, 4, 64, 32, 3))
   labels = jnp.array([0, 1])
 

@@ -16,7 +16,9 @@ each a dense matmul contracting the positions in place (row-major operands, no t
   the input gradient is one matmul of the `k_t` shifted output gradients stacked on channels.
 - `k x k` over frames, strided: `X_tap` is the strided slice of the padded frames that the tap
   reads; the input gradient stays XLA's (its transposed convolution). Used only where it is
-  faster than XLA's (`conv_frames`): the unstrided 3x3 convs and the 15-channel stem keep XLA's.
+  faster than XLA's (`uses_tapwise_kernel_grad`): the unstrided 3x3 convs and the 15-channel
+  stem run XLA's kernel-gradient convolution instead, a few frames at a time and summed, which
+  XLA CPU runs 2-2.5x faster than on the whole batch.
 
 The choice is made when the program is lowered (`lax.platform_dependent`): on CPUs the tap-wise
 gradients, elsewhere (GPUs, TPUs, an export for them) JAX's own autodiff of the same forward, so
@@ -36,9 +38,12 @@ from jax import lax
 # everywhere.
 CONV_GRADS = ("auto", "xla")
 
-# The narrowest input of a `k x k` conv whose tap-wise kernel gradient beats XLA's: each tap's
-# strided slice copies rows of C_in floats, slow for the stem's 15 stacked channels.
+# The narrowest input of a strided `k x k` conv whose tap-wise kernel gradient beats XLA's: each
+# tap's strided slice copies rows of C_in floats, slow for the stem's 15 stacked channels.
 MIN_TAPWISE_FRAME_CHANNELS = 64
+# Frames per chunk of XLA's kernel-gradient convolution, where the tap-wise one is not used: XLA
+# CPU runs it 2-2.5x faster on a few frames at a time than on a whole batch (bench/README.md).
+KERNEL_GRAD_CHUNK_FRAMES = 4
 
 
 def conv_pointwise(x, kernel, conv_grads: str):
@@ -49,16 +54,18 @@ def conv_pointwise(x, kernel, conv_grads: str):
 
 
 def conv_frames(frames, kernel, stride: int, conv_grads: str):
-  """The `k x k` conv of `frame_conv`, with `conv_grads`' kernel gradient.
-
-  On CPUs the tap-wise kernel gradient is used for the strided convs (XLA computes theirs as a
-  convolution with `rhs_dilation`, its slowest form) of at least `MIN_TAPWISE_FRAME_CHANNELS`
-  input channels; for the unstrided ones and the stem XLA's convolution is as fast or faster
-  (bench/README.md).
-  """
-  if conv_grads == "auto" and stride > 1 and kernel.shape[2] >= MIN_TAPWISE_FRAME_CHANNELS:
+  """The `k x k` conv of `frame_conv`, with `conv_grads`' kernel gradient."""
+  if conv_grads == "auto":
     return frame_conv_tapwise(frames, kernel, stride)
   return frame_conv(frames, kernel, stride)
+
+
+def uses_tapwise_kernel_grad(kernel_shape, stride: int) -> bool:
+  """Whether a `k x k` conv's kernel gradient on CPUs is tap-wise: for the strided convs (XLA
+  computes theirs as a convolution with `rhs_dilation`, its slowest form) of at least
+  `MIN_TAPWISE_FRAME_CHANNELS` input channels. The others (the unstrided convs, the stem) run
+  XLA's kernel-gradient convolution `KERNEL_GRAD_CHUNK_FRAMES` frames at a time."""
+  return stride > 1 and kernel_shape[2] >= MIN_TAPWISE_FRAME_CHANNELS
 
 
 def time_shifts(x, k_t: int):
@@ -168,9 +175,27 @@ def _frame_kernel_grad_xla(frames, dy, kernel, stride: int):
   return jax.vjp(lambda k: frame_conv(frames, k, stride), kernel)[1](dy)[0]
 
 
+def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int):
+  """XLA's kernel gradient summed over chunks of up to `KERNEL_GRAD_CHUNK_FRAMES` frames, in
+  float32."""
+  n = frames.shape[0]
+  per_chunk = max(d for d in range(1, KERNEL_GRAD_CHUNK_FRAMES + 1) if n % d == 0)
+  grads = [
+    _frame_kernel_grad_xla(frames[i : i + per_chunk], dy[i : i + per_chunk], kernel, stride)
+    for i in range(0, n, per_chunk)
+  ]
+  return sum(g.astype(jnp.float32) for g in grads).astype(kernel.dtype)
+
+
+def _frame_kernel_grad_cpu(frames, dy, kernel, stride: int):
+  if uses_tapwise_kernel_grad(kernel.shape, stride):
+    return _frame_kernel_grad_taps(frames, dy, *kernel.shape[:2], stride)
+  return _frame_kernel_grad_chunked(frames, dy, kernel, stride)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def frame_conv_tapwise(frames, kernel, stride: int):
-  """`frame_conv` whose kernel gradient on CPUs is `_frame_kernel_grad_taps`."""
+  """`frame_conv` whose kernel gradient on CPUs is `_frame_kernel_grad_cpu`."""
   return frame_conv(frames, kernel, stride)
 
 
@@ -185,7 +210,7 @@ def _frame_bwd(stride, residuals, dy):
     frames,
     dy,
     kernel,
-    cpu=lambda f, dy, k: _frame_kernel_grad_taps(f, dy, *k.shape[:2], stride),
+    cpu=functools.partial(_frame_kernel_grad_cpu, stride=stride),
     default=functools.partial(_frame_kernel_grad_xla, stride=stride),
   )
   return dframes, dkernel
