@@ -1,12 +1,13 @@
-r"""Time of the convolutions' gradients per layer shape: XLA's against the tap-wise ones.
+r"""Time of the convolutions' gradients per layer shape: XLA's against the CPU ones (`auto`).
 
     python bench/conv_grads.py [--batch 8] [--reps 3] [--shapes stem,res3]
 
 For each convolution shape of the I3D ResNet-50 NL at 8 x 256 x 128 clips (configs/mars.py's
 network, res2 at 8x63x31), the backward of `reid_jax.models.cpu_conv`'s formulations with
-XLA's gradients (what `model.conv_grads="xla"` runs) and with the tap-wise ones, on the CPU:
-`k x k` convs over frames, the kernel gradient alone (the input gradient is XLA's in both);
-`k_t x 1 x 1` convs, input and kernel gradients together. Milliseconds, median of `--reps`
+XLA's gradients (what `model.conv_grads="xla"` runs) and with those `"auto"` runs on a CPU:
+`k x k` convs over frames, the kernel gradient alone (the input gradient is XLA's in both),
+tap-wise or XLA's by chunks of frames (`cpu_conv.uses_tapwise_kernel_grad`); `k_t x 1 x 1`
+convs, input and kernel gradients together, tap-wise. Milliseconds, median of `--reps`
 calls after one warm-up, with GFLOP/s (a multiply-add is 2 FLOPs) and the largest difference
 between the two, relative to the largest gradient entry.
 """
@@ -77,7 +78,7 @@ def main():
   rng = np.random.default_rng(0)
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32))
   print(f"batch {args.batch}, ms (GFLOP/s), median of {args.reps}")
-  print("| shape | XLA | tap-wise | XLA / tap-wise | max difference |")
+  print("| shape | XLA | auto | XLA / auto | max difference |")
   print("|---|---:|---:|---:|---:|")
   for name, t, h, w, c_in, c_out, k, stride in FRAME_SHAPES:
     if not name.startswith(prefixes):
@@ -86,8 +87,14 @@ def main():
     dy = normal(args.batch * t, (h - 1) // stride + 1, (w - 1) // stride + 1, c_out)
     kernel = normal(k, k, c_in, c_out)
     xla = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_xla(f, dy, kernel, stride))
-    taps = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_taps(f, dy, k, k, stride))
-    compare(f"{name} kernel grad", xla, taps, (frames, dy), 2 * dy.size * c_in * k * k, args.reps)
+    ours = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_cpu(f, dy, kernel, stride))
+    positions = dy.shape[1] * dy.shape[2]
+    how = "tap-wise" if cpu_conv.uses_tapwise_kernel_grad(kernel.shape, stride) else "chunked"
+    how = (
+      how if how == "tap-wise" or positions >= cpu_conv.KERNEL_GRAD_CHUNK_MIN_POSITIONS else "XLA"
+    )
+    flops = 2 * dy.size * c_in * k * k
+    compare(f"{name} kernel grad ({how})", xla, ours, (frames, dy), flops, args.reps)
   for name, t, h, w, c_in, c_out, k_t in POINTWISE_SHAPES:
     if not name.startswith(prefixes):
       continue
@@ -96,7 +103,7 @@ def main():
     xla = jax.jit(cpu_conv._pointwise_grads_xla)
     taps = jax.jit(cpu_conv._pointwise_grads_taps)
     flops = 2 * 2 * dy.size * c_in * k_t
-    compare(f"{name} input + kernel grads", xla, taps, (x, dy, kernel), flops, args.reps)
+    compare(f"{name} input + kernel grads (tap-wise)", xla, taps, (x, dy, kernel), flops, args.reps)
 
 
 if __name__ == "__main__":

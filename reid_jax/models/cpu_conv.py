@@ -44,6 +44,8 @@ MIN_TAPWISE_FRAME_CHANNELS = 64
 # Frames per chunk of XLA's kernel-gradient convolution, where the tap-wise one is not used: XLA
 # CPU runs it 2-2.5x faster on a few frames at a time than on a whole batch (bench/README.md).
 KERNEL_GRAD_CHUNK_FRAMES = 4
+# ...for output maps of at least this many positions (res5's 8x4 map runs faster unchunked).
+KERNEL_GRAD_CHUNK_MIN_POSITIONS = 64
 
 
 def conv_pointwise(x, kernel, conv_grads: str):
@@ -64,7 +66,8 @@ def uses_tapwise_kernel_grad(kernel_shape, stride: int) -> bool:
   """Whether a `k x k` conv's kernel gradient on CPUs is tap-wise: for the strided convs (XLA
   computes theirs as a convolution with `rhs_dilation`, its slowest form) of at least
   `MIN_TAPWISE_FRAME_CHANNELS` input channels. The others (the unstrided convs, the stem) run
-  XLA's kernel-gradient convolution `KERNEL_GRAD_CHUNK_FRAMES` frames at a time."""
+  XLA's kernel-gradient convolution `KERNEL_GRAD_CHUNK_FRAMES` frames at a time where the output
+  map has at least `KERNEL_GRAD_CHUNK_MIN_POSITIONS` positions, else on the whole batch."""
   return stride > 1 and kernel_shape[2] >= MIN_TAPWISE_FRAME_CHANNELS
 
 
@@ -190,7 +193,9 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int):
 def _frame_kernel_grad_cpu(frames, dy, kernel, stride: int):
   if uses_tapwise_kernel_grad(kernel.shape, stride):
     return _frame_kernel_grad_taps(frames, dy, *kernel.shape[:2], stride)
-  return _frame_kernel_grad_chunked(frames, dy, kernel, stride)
+  if dy.shape[1] * dy.shape[2] >= KERNEL_GRAD_CHUNK_MIN_POSITIONS:
+    return _frame_kernel_grad_chunked(frames, dy, kernel, stride)
+  return _frame_kernel_grad_xla(frames, dy, kernel, stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
