@@ -190,7 +190,7 @@ def op_roles(hlo_text: str):
   """op name -> what it computes in the train step, from the compiled HLO: convolutions and
   matmuls (XLA's dots and YNN fusions) split into forward, input gradient and kernel gradient
   (an output of a parameter's shape or of one tap's `[C_in, C_out]`, in any dimension order, or
-  of a parameter's size without a source op: XLA's conv kernel gradients), then copies, data movement and the rest (elementwise and
+  for a convolution of a parameter's size: XLA lays out conv kernel gradients its own way), then copies, data movement and the rest (elementwise and
   reduction fusions)."""
   lines, param_shapes, param_sizes, in_entry = {}, set(), set(), False
   for line in hlo_text.splitlines():
@@ -212,9 +212,8 @@ def op_roles(hlo_text: str):
     if op.startswith(("ynn_fusion", "dot", "convolution")):
       conv = "conv_general_dilated" in meta or op.startswith("convolution") or len(dims) == 4
       what = "convolutions" if conv else "matmuls"
-      if (dims in param_shapes and "transpose(" in meta) or (
-        not meta and math.prod(dims) in param_sizes
-      ):
+      backward = "transpose(" in meta or not meta
+      if backward and (dims in param_shapes or (conv and math.prod(dims) in param_sizes)):
         return f"{what}: kernel gradients"
       return f"{what}: input gradients" if "transpose(" in meta else f"{what}: forward"
     if "transpose" in op or op.startswith("copy"):
