@@ -2,6 +2,7 @@ r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, l
 
     python bench/train_step.py [--config configs/mars.py] [--batch 8] [--steps 3]
         [--dtype float32|bfloat16] [--remat] [--attention_impl einsum|xla|cudnn]
+        [--conv_grads auto|xla]
         [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
         [--profile DIR]
 
@@ -12,7 +13,8 @@ training. No dataset is read. FLOPs are XLA's cost analysis of the compiled step
 forward, backward and optimiser); on a GPU, MFU is against the device's dense bf16 peak whatever
 `--dtype`, the usual convention. `--profile DIR` traces one more step with `jax.profiler` into DIR
 (TensorBoard's profile plugin reads it) and prints the time of XLA's ops per kind (the fusion or
-op name without its number), which is where the CPU step's time goes.
+op name without its number) and by what they compute (convolutions and matmuls: forward, input
+and kernel gradients; copies; the rest), which is where the CPU step's time goes.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import glob
 import gzip
 import importlib.util
 import json
+import math
 import os
 import re
 import time
@@ -60,6 +63,9 @@ def add_model_flags(parser):
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--attention_impl", choices=("einsum", "xla", "cudnn"), default=None)
+  parser.add_argument(
+    "--conv_grads", choices=("auto", "xla"), default=None, help="conv kernel gradients"
+  )
   parser.add_argument("--width", type=int, default=None, help="channels after the stem")
   parser.add_argument("--depths", default=None, help="blocks per stage, e.g. 1,1,1,1")
   parser.add_argument("--frames", type=int, default=None)
@@ -75,6 +81,7 @@ def load_config(args):
   for field, value in (
     ("dtype", args.dtype),
     ("attention_impl", args.attention_impl),
+    ("conv_grads", args.conv_grads),
     ("width", args.width),
   ):
     if value is not None:
@@ -166,6 +173,56 @@ def profile_step(step: CompiledStep, logdir: str, top: int = 15) -> None:
   )
   for kind, seconds in kinds.most_common(top):
     print(f"    {seconds:8.3f} s {100 * seconds / total:5.1f}%  x{counts[kind]:<4d} {kind}")
+  ops = collections.Counter()
+  for e in events:
+    if "hlo_op" in e.get("args", {}):
+      ops[e["args"]["hlo_op"]] += e["dur"] / 1e6
+  roles = collections.Counter()
+  classify = op_roles(step.compiled.as_text())
+  for op, seconds in ops.items():
+    roles[classify(op)] += seconds
+  print("  the same ops by what they compute:")
+  for role, seconds in roles.most_common():
+    print(f"    {seconds:8.3f} s {100 * seconds / total:5.1f}%  {role}")
+
+
+def op_roles(hlo_text: str):
+  """op name -> what it computes in the train step, from the compiled HLO: convolutions and
+  matmuls (XLA's dots and YNN fusions) split into forward, input gradient and kernel gradient
+  (an output of a parameter's shape or of one tap's `[C_in, C_out]`, in any dimension order, or
+  for a convolution of a parameter's size: XLA lays out conv kernel gradients its own way), then copies, data movement and the rest (elementwise and
+  reduction fusions)."""
+  lines, param_shapes, param_sizes, in_entry = {}, set(), set(), False
+  for line in hlo_text.splitlines():
+    in_entry = line.startswith("ENTRY") or (in_entry and not line.startswith("}"))
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]\S* (.*)", line)
+    if m:
+      dims = tuple(sorted(int(d) for d in m.group(2).split(",") if d and d != "1"))
+      lines.setdefault(m.group(1), (dims, m.group(3)))
+      if in_entry and m.group(3).startswith("parameter(") and len(dims) >= 2:
+        # The whole kernel, and one tap's `[C_in, C_out]` of a conv kernel.
+        full = [int(d) for d in m.group(2).split(",")]
+        param_shapes.update({dims, tuple(sorted(full[-2:]))})
+        param_sizes.add(math.prod(dims))
+
+  def role(op):
+    dims, rest = lines.get(op, ((), ""))
+    meta = re.search(r'op_name="([^"]*)"', rest)
+    meta = meta.group(1) if meta else ""
+    if op.startswith(("ynn_fusion", "dot", "convolution")):
+      conv = "conv_general_dilated" in meta or op.startswith("convolution") or len(dims) == 4
+      what = "convolutions" if conv else "matmuls"
+      backward = "transpose(" in meta or not meta
+      if backward and (dims in param_shapes or (conv and math.prod(dims) in param_sizes)):
+        return f"{what}: kernel gradients"
+      return f"{what}: input gradients" if "transpose(" in meta else f"{what}: forward"
+    if "transpose" in op or op.startswith("copy"):
+      return "copies and transposes"
+    if any(k in op for k in ("slice", "pad", "concatenate")):
+      return "slices, pads, concatenations"
+    return "elementwise and reduction fusions"
+
+  return role
 
 
 def bench_jax(config, steps: int) -> dict:
@@ -188,7 +245,8 @@ def report(config, result: dict) -> None:
     f"JAX {jax.__version__}, {jax.device_count()} x {device.device_kind} "
     f"({device.platform}), {config.model.name} {config.model.dtype}, "
     f"batch {d.P * d.K} x {d.num_frames}x{d.height}x{d.width}, "
-    f"remat {config.model.remat}, attention {config.model.attention_impl}"
+    f"remat {config.model.remat}, attention {config.model.attention_impl}, "
+    f"conv grads {config.model.conv_grads}"
   )
   print(f"  compile          {result['compile_s']:8.1f} s")
   print(f"  step (median)    {step_s:8.3f} s   (first call {result['first_s']:.3f} s)")

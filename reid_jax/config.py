@@ -72,6 +72,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.nonlocal_scale = True  # as the Kinetics non-local weights; False: the paper's Eq. 5
   c.model.nonlocal_pool = True
   c.model.attention_impl = "einsum"
+  # Convolution kernel gradients: "auto" (tap-wise matmuls on CPUs, XLA's elsewhere) | "xla".
+  c.model.conv_grads = "auto"
   c.model.remat = False
   c.model.dtype = "float32"  # "bfloat16" on accelerators: compute only, parameters stay f32
 
@@ -195,7 +197,14 @@ def split_dataset_finetuning(name: str) -> ml_collections.ConfigDict:
 
 
 # Model fields that may differ between a checkpoint and the model that continues from it.
-MODEL_RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "dropout_rate", "bottleneck_dim")
+MODEL_RUNTIME_FIELDS = (
+  "dtype",
+  "remat",
+  "attention_impl",
+  "conv_grads",
+  "dropout_rate",
+  "bottleneck_dim",
+)
 
 
 class NetworkMismatch(UserError, ValueError):

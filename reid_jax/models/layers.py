@@ -14,7 +14,8 @@ of the I3D ResNet-50 has an exact formulation that is fast on every backend:
   so the stem's 5x7x7 conv of 3 colour channels is one 7x7 conv of 15 channels: the same sum
   of products, in an order XLA and cuDNN run at 2D-convolution speed.
 
-Time is zero-padded by `k_t // 2` on both sides, as in every public I3D.
+Time is zero-padded by `k_t // 2` on both sides, as in every public I3D. On CPUs the kernel
+gradients of both forms are computed as tap-wise matmuls (`cpu_conv`, `conv_grads="auto"`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from reid_jax.models import cpu_conv
 
 # torchvision's BatchNorm defaults: eps 1e-5, running-average momentum 0.1 (Flax's 0.9).
 BN_EPSILON = 1e-5
@@ -54,7 +57,8 @@ class Conv3D(nnx.Module):
   """A `k_t x k_h x k_w` convolution of a clip, no bias, spatial stride only, 'same' padding.
 
   The kernel is `[k_t, k_h, k_w, C_in, C_out]`; padding is `k // 2` on every axis (PyTorch's
-  `padding=k // 2`), so T is kept and H, W shrink by the stride.
+  `padding=k // 2`), so T is kept and H, W shrink by the stride. `conv_grads`
+  (`cpu_conv.CONV_GRADS`) chooses how the gradients are computed; the forward is the same.
   """
 
   def __init__(
@@ -66,14 +70,18 @@ class Conv3D(nnx.Module):
     stride: int = 1,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
+    conv_grads: str = "auto",
     rngs: nnx.Rngs,
   ):
     k_t, k_h, k_w = kernel_size
+    if conv_grads not in cpu_conv.CONV_GRADS:
+      raise ValueError(f"conv_grads must be one of {cpu_conv.CONV_GRADS}, got {conv_grads!r}")
     if k_t % 2 != 1 or k_h % 2 != 1 or k_w % 2 != 1:
       raise ValueError(f"kernel sizes must be odd, got {kernel_size}")
     self.kernel_size = tuple(kernel_size)
     self.stride = stride
     self.dtype = dtype
+    self.conv_grads = conv_grads
     self.kernel = nnx.Param(
       conv_kernel_init(rngs.params(), (*kernel_size, in_features, out_features), param_dtype)
     )
@@ -83,45 +91,21 @@ class Conv3D(nnx.Module):
     kernel = self.kernel[...].astype(self.dtype)
     k_t, k_h, k_w = self.kernel_size
     if k_h == k_w == 1:
-      return _pointwise_temporal_conv(x[:, :, :: self.stride, :: self.stride], kernel[:, 0, 0])
+      x = x[:, :, :: self.stride, :: self.stride]
+      return cpu_conv.conv_pointwise(x, kernel[:, 0, 0], self.conv_grads)
     if k_t > 1:
       x = _stack_time_shifts(x, k_t)
       kernel = einops.rearrange(kernel, "t h w i o -> h w (t i) o")
     else:
       kernel = kernel[0]
     frames = einops.rearrange(x, "b t h w c -> (b t) h w c")
-    y = jax.lax.conv_general_dilated(
-      frames,
-      kernel,
-      (self.stride, self.stride),
-      ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    y = cpu_conv.conv_frames(frames, kernel, self.stride, self.conv_grads)
     return einops.rearrange(y, "(b t) h w c -> b t h w c", b=x.shape[0])
-
-
-def _time_shifts(x, k_t: int):
-  """The `k_t` views `x[t - k_t // 2 + tap]` of a zero-padded clip, tap by tap."""
-  t, pad = x.shape[1], k_t // 2
-  padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
-  return [padded[:, tap : tap + t] for tap in range(k_t)]
 
 
 def _stack_time_shifts(x, k_t: int):
   """`[B, T, H, W, C] -> [B, T, H, W, k_t * C]`, channels ordered (tap, channel)."""
-  return jnp.concatenate(_time_shifts(x, k_t), axis=-1)
-
-
-def _pointwise_temporal_conv(x, kernel):
-  """`k_t x 1 x 1` conv as a sum of channel matmuls: x `[B, T, H, W, C]`, kernel `[k_t, C, D]`.
-
-  A 1x1 conv is one channel matmul, which XLA runs faster than its convolution on CPUs
-  (bench/conv_formulations.py); these convs are about half the network's FLOPs.
-  """
-  shifts = _time_shifts(x, kernel.shape[0]) if kernel.shape[0] > 1 else [x]
-  return sum(
-    jnp.einsum("bthwc,cd->bthwd", shifted, kernel[tap]) for tap, shifted in enumerate(shifts)
-  )
+  return jnp.concatenate(cpu_conv.time_shifts(x, k_t), axis=-1)
 
 
 def max_pool(

@@ -39,6 +39,7 @@ from flax import nnx
 
 from data_prep.errors import FieldError
 from reid_jax.models import layers
+from reid_jax.models.cpu_conv import CONV_GRADS
 from reid_jax.models.nonlocal_block import ATTENTION_IMPLS, NonLocalBlock
 
 # Per-stage temporal kernels of the bottlenecks' first convs in the I3D ResNet-50 (repeated
@@ -71,6 +72,9 @@ class Architecture:
   nonlocal_scale: bool = True  # d^-0.5 on the attention logits (False: paper's Eq. 5)
   nonlocal_pool: bool = True  # 1x2x2 max-pool of x before phi and g (False: Fig. 5)
   attention_impl: str = "einsum"  # "einsum" | "xla" | "cudnn"
+  # Kernel gradients of the convolutions: "auto" (tap-wise matmuls on CPUs, XLA's elsewhere;
+  # `reid_jax.models.cpu_conv`) | "xla" (XLA's everywhere). The forward is the same either way.
+  conv_grads: str = "auto"
   last_stride: int = 2  # stride of res5 (1 keeps a 16x8 map)
   bottleneck_dim: int = 512
   dropout_rate: float = 0.5
@@ -99,6 +103,8 @@ class Architecture:
       raise FieldError("stem_pool_padding", f"must be 0 or 1, got {self.stem_pool_padding}")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise FieldError("attention_impl", f"{self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    if self.conv_grads not in CONV_GRADS:
+      raise FieldError("conv_grads", f"{self.conv_grads!r} is not one of {CONV_GRADS}")
     for key in ("dtype", "param_dtype"):
       value = getattr(self, key)
       if jnp.dtype(value).name not in DTYPES:
@@ -220,16 +226,17 @@ class Bottleneck(nnx.Module):
     rngs: nnx.Rngs,
   ):
     kw = dict(dtype=arch.dtype, param_dtype=arch.param_dtype, rngs=rngs)
+    conv_kw = dict(kw, conv_grads=arch.conv_grads)
     out_features = planes * self.expansion
-    self.conv1 = layers.Conv3D(in_features, planes, (temporal_kernel, 1, 1), **kw)
+    self.conv1 = layers.Conv3D(in_features, planes, (temporal_kernel, 1, 1), **conv_kw)
     self.bn1 = layers.batch_norm(planes, **kw)
-    self.conv2 = layers.Conv3D(planes, planes, (1, 3, 3), stride=stride, **kw)
+    self.conv2 = layers.Conv3D(planes, planes, (1, 3, 3), stride=stride, **conv_kw)
     self.bn2 = layers.batch_norm(planes, **kw)
-    self.conv3 = layers.Conv3D(planes, out_features, (1, 1, 1), **kw)
+    self.conv3 = layers.Conv3D(planes, out_features, (1, 1, 1), **conv_kw)
     self.bn3 = layers.batch_norm(out_features, **kw)
     if stride != 1 or in_features != out_features:
       self.downsample_conv = layers.Conv3D(
-        in_features, out_features, (1, 1, 1), stride=stride, **kw
+        in_features, out_features, (1, 1, 1), stride=stride, **conv_kw
       )
       self.downsample_bn = layers.batch_norm(out_features, **kw)
     else:
@@ -299,7 +306,13 @@ class ReIDNet(nnx.Module):
     kw = dict(dtype=arch.dtype, param_dtype=arch.param_dtype)
     self.arch = arch
     self.conv1 = layers.Conv3D(
-      3, arch.width, (arch.stem_temporal_kernel, 7, 7), stride=2, rngs=rngs, **kw
+      3,
+      arch.width,
+      (arch.stem_temporal_kernel, 7, 7),
+      stride=2,
+      conv_grads=arch.conv_grads,
+      rngs=rngs,
+      **kw,
     )
     self.bn1 = layers.batch_norm(arch.width, rngs=rngs, **kw)
     in_features = arch.width

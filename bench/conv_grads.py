@@ -1,0 +1,110 @@
+r"""Time of the convolutions' gradients per layer shape: XLA's against the CPU ones (`auto`).
+
+    python bench/conv_grads.py [--batch 8] [--reps 3] [--shapes stem,res3]
+
+For each convolution shape of the I3D ResNet-50 NL at 8 x 256 x 128 clips (configs/mars.py's
+network, res2 at 8x63x31), the backward of `reid_jax.models.cpu_conv`'s formulations with
+XLA's gradients (what `model.conv_grads="xla"` runs) and with those `"auto"` runs on a CPU:
+`k x k` convs over frames, the kernel gradient alone (the input gradient is XLA's in both),
+tap-wise or XLA's by chunks of frames (`cpu_conv.uses_tapwise_kernel_grad`); `k_t x 1 x 1`
+convs, input and kernel gradients together, tap-wise. Milliseconds, median of `--reps`
+calls after one warm-up, with GFLOP/s (a multiply-add is 2 FLOPs) and the largest difference
+between the two, relative to the largest gradient entry.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reid_jax.models import cpu_conv
+
+# (name, frames per clip, H, W, C_in, C_out, k, stride)
+FRAME_SHAPES = (
+  ("stem 7x7/2 15->64", 8, 256, 128, 15, 64, 7, 2),
+  ("res2 3x3 64", 8, 63, 31, 64, 64, 3, 1),
+  ("res3 3x3/2 128", 8, 63, 31, 128, 128, 3, 2),
+  ("res3 3x3 128", 4, 32, 16, 128, 128, 3, 1),
+  ("res4 3x3/2 256", 4, 32, 16, 256, 256, 3, 2),
+  ("res4 3x3 256", 4, 16, 8, 256, 256, 3, 1),
+  ("res5 3x3/2 512", 4, 16, 8, 512, 512, 3, 2),
+  ("res5 3x3 512", 4, 8, 4, 512, 512, 3, 1),
+)
+# (name, T, H, W, C_in, C_out, k_t)
+POINTWISE_SHAPES = (
+  ("res2 3x1x1 256->64", 8, 63, 31, 256, 64, 3),
+  ("res2 1x1 64->256", 8, 63, 31, 64, 256, 1),
+  ("res3 3x1x1 512->128", 4, 32, 16, 512, 128, 3),
+  ("res3 1x1 512->128", 4, 32, 16, 512, 128, 1),
+  ("res4 3x1x1 1024->256", 4, 16, 8, 1024, 256, 3),
+  ("res4 1x1 256->1024", 4, 16, 8, 256, 1024, 1),
+  ("res5 1x1 2048->512", 4, 8, 4, 2048, 512, 1),
+)
+
+
+def median_time(fn, args, reps):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def compare(name, xla, tapwise, args, flops, reps):
+  want, got = xla(*args), tapwise(*args)
+  err = max(
+    float(jnp.abs(a - b).max() / jnp.abs(a).max())
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got))
+  )
+  t_xla, t_taps = median_time(xla, args, reps), median_time(tapwise, args, reps)
+  print(
+    f"| {name} | {1e3 * t_xla:.1f} ({flops / t_xla / 1e9:.1f}) "
+    f"| {1e3 * t_taps:.1f} ({flops / t_taps / 1e9:.1f}) | {t_xla / t_taps:.2f} | {err:.0e} |",
+    flush=True,
+  )
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=8, help="clips")
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--shapes", default="", help="comma list of row-name prefixes")
+  args = parser.parse_args()
+  prefixes = tuple(args.shapes.split(",")) if args.shapes else ("",)
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32))
+  print(f"batch {args.batch}, ms (GFLOP/s), median of {args.reps}")
+  print("| shape | XLA | auto | XLA / auto | max difference |")
+  print("|---|---:|---:|---:|---:|")
+  for name, t, h, w, c_in, c_out, k, stride in FRAME_SHAPES:
+    if not name.startswith(prefixes):
+      continue
+    frames = normal(args.batch * t, h, w, c_in)
+    dy = normal(args.batch * t, (h - 1) // stride + 1, (w - 1) // stride + 1, c_out)
+    kernel = normal(k, k, c_in, c_out)
+    xla = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_xla(f, dy, kernel, stride))
+    ours = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_cpu(f, dy, kernel, stride))
+    positions = dy.shape[1] * dy.shape[2]
+    how = "tap-wise" if cpu_conv.uses_tapwise_kernel_grad(kernel.shape, stride) else "chunked"
+    how = (
+      how if how == "tap-wise" or positions >= cpu_conv.KERNEL_GRAD_CHUNK_MIN_POSITIONS else "XLA"
+    )
+    flops = 2 * dy.size * c_in * k * k
+    compare(f"{name} kernel grad ({how})", xla, ours, (frames, dy), flops, args.reps)
+  for name, t, h, w, c_in, c_out, k_t in POINTWISE_SHAPES:
+    if not name.startswith(prefixes):
+      continue
+    x, dy = normal(args.batch, t, h, w, c_in), normal(args.batch, t, h, w, c_out)
+    kernel = normal(k_t, c_in, c_out) * 0.05
+    xla = jax.jit(cpu_conv._pointwise_grads_xla)
+    taps = jax.jit(cpu_conv._pointwise_grads_taps)
+    flops = 2 * 2 * dy.size * c_in * k_t
+    compare(f"{name} input + kernel grads (tap-wise)", xla, taps, (x, dy, kernel), flops, args.reps)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,224 @@
+"""The convolutions of `layers.Conv3D`, with gradients computed as tap-wise matmuls on CPUs.
+
+XLA CPU differentiates a convolution into convolutions: the kernel gradient of a `k x k` conv
+is a convolution of the input by the output gradient (with `rhs_dilation` for a strided conv,
+its slowest form), and the kernel gradient of a channel matmul (the `k_t x 1 x 1` convs) is a
+matmul contracting the positions, for which it writes one operand transposed (bench/README.md).
+Here a convolution is a `jax.custom_vjp` whose forward is the computation `Conv3D` always ran
+(the same values) and whose backward computes the kernel gradient as a sum over the taps of
+
+    dW[tap] = X_tap^T @ dY     X_tap: [positions, C_in], dY: [positions, C_out]
+
+each a dense matmul contracting the positions in place (row-major operands, no transposed copy):
+
+- `k_t x 1 x 1`: `X_tap` is the whole input and `dY` the output gradient shifted in time by the
+  tap (C_out channels: a quarter of the bottleneck's C_in, so shifting it is the cheap copy);
+  the input gradient is one matmul of the `k_t` shifted output gradients stacked on channels.
+- `k x k` over frames, strided: `X_tap` is the strided slice of the padded frames that the tap
+  reads; the input gradient stays XLA's (its transposed convolution). Used only where it is
+  faster than XLA's (`uses_tapwise_kernel_grad`): the unstrided 3x3 convs and the 15-channel
+  stem run XLA's kernel-gradient convolution instead, a few frames at a time and summed, which
+  XLA CPU runs 2-2.5x faster than on the whole batch.
+
+The choice is made when the program is lowered (`lax.platform_dependent`): on CPUs the tap-wise
+gradients, elsewhere (GPUs, TPUs, an export for them) JAX's own autodiff of the same forward, so
+those backends run XLA's convolutions as without this module. `conv_grads="xla"`
+(`Architecture.conv_grads`) leaves the custom VJPs out altogether.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# "auto": tap-wise kernel gradients on CPUs where they are faster, XLA's elsewhere; "xla": XLA's
+# everywhere.
+CONV_GRADS = ("auto", "xla")
+
+# The narrowest input of a strided `k x k` conv whose tap-wise kernel gradient beats XLA's: each
+# tap's strided slice copies rows of C_in floats, slow for the stem's 15 stacked channels.
+MIN_TAPWISE_FRAME_CHANNELS = 64
+# Frames per chunk of XLA's kernel-gradient convolution, where the tap-wise one is not used: XLA
+# CPU runs it 2-2.5x faster on a few frames at a time than on a whole batch (bench/README.md).
+KERNEL_GRAD_CHUNK_FRAMES = 4
+# ...for output maps of at least this many positions (res5's 8x4 map runs faster unchunked).
+KERNEL_GRAD_CHUNK_MIN_POSITIONS = 64
+
+
+def conv_pointwise(x, kernel, conv_grads: str):
+  """The `k_t x 1 x 1` conv of `pointwise_temporal_conv`, with `conv_grads`' gradients."""
+  if conv_grads == "auto":
+    return pointwise_temporal_conv_tapwise(x, kernel)
+  return pointwise_temporal_conv(x, kernel)
+
+
+def conv_frames(frames, kernel, stride: int, conv_grads: str):
+  """The `k x k` conv of `frame_conv`, with `conv_grads`' kernel gradient."""
+  if conv_grads == "auto":
+    return frame_conv_tapwise(frames, kernel, stride)
+  return frame_conv(frames, kernel, stride)
+
+
+def uses_tapwise_kernel_grad(kernel_shape, stride: int) -> bool:
+  """Whether a `k x k` conv's kernel gradient on CPUs is tap-wise: for the strided convs (XLA
+  computes theirs as a convolution with `rhs_dilation`, its slowest form) of at least
+  `MIN_TAPWISE_FRAME_CHANNELS` input channels. The others (the unstrided convs, the stem) run
+  XLA's kernel-gradient convolution `KERNEL_GRAD_CHUNK_FRAMES` frames at a time where the output
+  map has at least `KERNEL_GRAD_CHUNK_MIN_POSITIONS` positions, else on the whole batch."""
+  return stride > 1 and kernel_shape[2] >= MIN_TAPWISE_FRAME_CHANNELS
+
+
+def time_shifts(x, k_t: int):
+  """The `k_t` views `x[t - k_t // 2 + tap]` of a zero-padded clip `[B, T, ...]`, tap by tap."""
+  t, pad = x.shape[1], k_t // 2
+  padded = jnp.pad(x, ((0, 0), (pad, pad)) + ((0, 0),) * (x.ndim - 2))
+  return [padded[:, tap : tap + t] for tap in range(k_t)]
+
+
+def pointwise_temporal_conv(x, kernel):
+  """`k_t x 1 x 1` conv as a sum of channel matmuls: x `[B, T, H, W, C]`, kernel `[k_t, C, D]`."""
+  shifts = time_shifts(x, kernel.shape[0]) if kernel.shape[0] > 1 else [x]
+  return sum(
+    jnp.einsum("bthwc,cd->bthwd", shifted, kernel[tap]) for tap, shifted in enumerate(shifts)
+  )
+
+
+def frame_conv(frames, kernel, stride: int):
+  """`k x k` 'same' 2D conv of frames `[N, H, W, C]` by kernel `[k, k, C, D]`, spatial stride."""
+  k_h, k_w = kernel.shape[:2]
+  return lax.conv_general_dilated(
+    frames,
+    kernel,
+    (stride, stride),
+    ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+
+
+def _matmul_tn(a, b):
+  """`a^T @ b` for `a` `[..., M]`, `b` `[..., N]` contracting every leading axis, accumulated
+  in float32 and returned in `a`'s dtype."""
+  a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+  out = lax.dot_general(a2, b2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return out.astype(a.dtype)
+
+
+# --- k_t x 1 x 1 -------------------------------------------------------------------------------
+
+
+def _output_grad_shifts(dy, k_t: int):
+  """`dy[t + k_t // 2 - tap]` (zero outside the clip) for each tap: the output gradient each
+  input frame `t` receives through tap `tap`."""
+  return time_shifts(dy, k_t)[::-1] if k_t > 1 else [dy]
+
+
+def _pointwise_grads_taps(x, dy, kernel):
+  """Input and kernel gradients of `pointwise_temporal_conv` from the shifted output gradient
+  (C_out channels, a quarter of the bottleneck's C_in): for each tap `dW[tap] = x^T @ dy_tap`
+  over every position, and `dx = [dy_0 .. dy_k] @ [W_0^T .. W_k^T]` as one matmul."""
+  shifts = _output_grad_shifts(dy, kernel.shape[0])
+  dkernel = jnp.stack([_matmul_tn(x, shifted) for shifted in shifts])
+  stacked = jnp.concatenate(shifts, axis=-1) if len(shifts) > 1 else shifts[0]
+  dx = jnp.einsum("bthwk,kc->bthwc", stacked, jnp.swapaxes(kernel, 1, 2).reshape(-1, x.shape[-1]))
+  return dx, dkernel
+
+
+def _pointwise_grads_xla(x, dy, kernel):
+  return jax.vjp(pointwise_temporal_conv, x, kernel)[1](dy)
+
+
+@jax.custom_vjp
+def pointwise_temporal_conv_tapwise(x, kernel):
+  """`pointwise_temporal_conv` whose gradients on CPUs are `_pointwise_grads_taps`."""
+  return pointwise_temporal_conv(x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+  return pointwise_temporal_conv(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, dy):
+  x, kernel = residuals
+  return lax.platform_dependent(
+    x, dy, kernel, cpu=_pointwise_grads_taps, default=_pointwise_grads_xla
+  )
+
+
+pointwise_temporal_conv_tapwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+# --- k x k over frames ---------------------------------------------------------------------------
+
+
+def _frame_kernel_grad_taps(frames, dy, k_h: int, k_w: int, stride: int):
+  """`[k_h, k_w, C, D]`: for each tap, the input positions it reads (a strided slice of the
+  zero-padded frames) contracted with `dy` over frames and output positions."""
+  n, h_out, w_out, _ = dy.shape
+  c = frames.shape[-1]
+  padded = jnp.pad(frames, ((0, 0), (k_h // 2, k_h // 2), (k_w // 2, k_w // 2), (0, 0)))
+  rows = []
+  for i in range(k_h):
+    taps = []
+    for j in range(k_w):
+      tap = lax.slice(
+        padded,
+        (0, i, j, 0),
+        (n, i + stride * (h_out - 1) + 1, j + stride * (w_out - 1) + 1, c),
+        (1, stride, stride, 1),
+      )
+      taps.append(_matmul_tn(tap, dy))
+    rows.append(jnp.stack(taps))
+  return jnp.stack(rows)
+
+
+def _frame_kernel_grad_xla(frames, dy, kernel, stride: int):
+  return jax.vjp(lambda k: frame_conv(frames, k, stride), kernel)[1](dy)[0]
+
+
+def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int):
+  """XLA's kernel gradient summed over chunks of up to `KERNEL_GRAD_CHUNK_FRAMES` frames, in
+  float32."""
+  n = frames.shape[0]
+  per_chunk = max(d for d in range(1, KERNEL_GRAD_CHUNK_FRAMES + 1) if n % d == 0)
+  grads = [
+    _frame_kernel_grad_xla(frames[i : i + per_chunk], dy[i : i + per_chunk], kernel, stride)
+    for i in range(0, n, per_chunk)
+  ]
+  return sum(g.astype(jnp.float32) for g in grads).astype(kernel.dtype)
+
+
+def _frame_kernel_grad_cpu(frames, dy, kernel, stride: int):
+  if uses_tapwise_kernel_grad(kernel.shape, stride):
+    return _frame_kernel_grad_taps(frames, dy, *kernel.shape[:2], stride)
+  if dy.shape[1] * dy.shape[2] >= KERNEL_GRAD_CHUNK_MIN_POSITIONS:
+    return _frame_kernel_grad_chunked(frames, dy, kernel, stride)
+  return _frame_kernel_grad_xla(frames, dy, kernel, stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def frame_conv_tapwise(frames, kernel, stride: int):
+  """`frame_conv` whose kernel gradient on CPUs is `_frame_kernel_grad_cpu`."""
+  return frame_conv(frames, kernel, stride)
+
+
+def _frame_fwd(frames, kernel, stride):
+  return frame_conv(frames, kernel, stride), (frames, kernel)
+
+
+def _frame_bwd(stride, residuals, dy):
+  frames, kernel = residuals
+  dframes = jax.vjp(lambda f: frame_conv(f, kernel, stride), frames)[1](dy)[0]
+  dkernel = lax.platform_dependent(
+    frames,
+    dy,
+    kernel,
+    cpu=functools.partial(_frame_kernel_grad_cpu, stride=stride),
+    default=functools.partial(_frame_kernel_grad_xla, stride=stride),
+  )
+  return dframes, dkernel
+
+
+frame_conv_tapwise.defvjp(_frame_fwd, _frame_bwd)

@@ -1,0 +1,187 @@
+"""The convolutions with tap-wise kernel gradients (`reid_jax.models.cpu_conv`): their values and
+gradients against XLA's, alone and in the whole network, and XLA's convolutions kept off CPUs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from reid_jax.models import cpu_conv, create_model
+
+TINY = dict(stage_depths=(1, 2, 2, 1), width=8, bottleneck_dim=16)
+
+
+def conv3d_reference(x, kernel, stride):
+  """`[k_t, k_h, k_w, C, D]` 'same' 3D convolution of a clip, spatial stride, by lax."""
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (1, stride, stride),
+    [(k // 2, k // 2) for k in kernel.shape[:3]],
+    dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    precision="highest",
+  )
+
+
+def vjp(f, *args, probe_seed=0):
+  """f(*args) and its cotangents for one random output cotangent."""
+  out, pullback = jax.vjp(f, *args)
+  probe = jax.random.normal(jax.random.key(probe_seed), out.shape).astype(out.dtype)
+  return out, pullback(probe)
+
+
+def assert_grads_close(got, want, rtol):
+  for g, w in zip(got, want):
+    g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+    np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.abs(w).max())
+
+
+@pytest.mark.parametrize("k_t", [1, 3, 5])
+def test_pointwise_temporal_conv_gradients(k_t):
+  """`k_t x 1 x 1`: the custom VJP against autodiff of the einsum form and of lax's 3D conv."""
+  rng = np.random.default_rng(k_t)
+  x = jnp.asarray(rng.normal(size=(2, 6, 5, 3, 12)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k_t, 12, 10)), jnp.float32)
+  reference = lambda x, k: conv3d_reference(x, k[:, None, None], 1)
+  (out, grads), (want_out, want), (ref_out, ref) = jax.jit(
+    lambda x, k: [
+      vjp(f, x, k)
+      for f in (
+        cpu_conv.pointwise_temporal_conv_tapwise,
+        cpu_conv.pointwise_temporal_conv,
+        reference,
+      )
+    ]
+  )(x, kernel)
+  np.testing.assert_array_equal(out, want_out)  # the same forward
+  assert_grads_close(grads, want, 1e-5)
+  np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+  assert_grads_close(grads, ref, 1e-5)
+
+
+@pytest.mark.parametrize(
+  "k, stride, channels, size",
+  [
+    (1, 1, (6, 5), (9, 7)),
+    (3, 1, (6, 5), (9, 7)),
+    (3, 2, (6, 5), (9, 7)),
+    (5, 1, (4, 6), (9, 8)),
+    (5, 2, (4, 6), (9, 8)),
+    (7, 1, (3, 4), (11, 9)),
+    (7, 2, (15, 8), (16, 12)),  # the stem: 5 time shifts x 3 colours, 7x7 stride 2
+  ],
+)
+def test_frame_conv_gradients(k, stride, channels, size):
+  """`k x k` over frames: the custom VJP, and both of its CPU kernel gradients (tap-wise, XLA's
+  by chunks of frames), against autodiff of lax's 2D convolution."""
+  rng = np.random.default_rng(k * 10 + stride)
+  frames = jnp.asarray(rng.normal(size=(10, *size, channels[0])), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, *channels)), jnp.float32)
+  ours = lambda f, w: cpu_conv.frame_conv_tapwise(f, w, stride)
+  xla = lambda f, w: cpu_conv.frame_conv(f, w, stride)
+
+  def run(f, w):
+    (out, grads), (want_out, want) = vjp(ours, f, w), vjp(xla, f, w)
+    dy = jax.random.normal(jax.random.key(0), want_out.shape)
+    taps = cpu_conv._frame_kernel_grad_taps(f, dy, k, k, stride)
+    chunked = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride)
+    return out, grads, want_out, want, taps, chunked
+
+  out, grads, want_out, want, taps, chunked = jax.jit(run)(frames, kernel)
+  np.testing.assert_array_equal(out, want_out)
+  assert_grads_close(grads, want, 1e-5)
+  assert_grads_close([taps, chunked], [want[1]] * 2, 1e-5)  # 10 frames: chunks of 2
+
+
+def test_bfloat16_gradients():
+  """bfloat16 compute (`model.dtype`): both custom VJPs within bfloat16's precision of float32."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 4, 6, 5, 16)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 16, 8)), jnp.float32)
+  frames = jnp.asarray(rng.normal(size=(4, 9, 7, 16)), jnp.float32)
+  kernel2d = jnp.asarray(rng.normal(size=(3, 3, 16, 8)), jnp.float32)
+  cases = [
+    (cpu_conv.pointwise_temporal_conv_tapwise, cpu_conv.pointwise_temporal_conv, x, kernel),
+    (
+      lambda f, w: cpu_conv.frame_conv_tapwise(f, w, 2),
+      lambda f, w: cpu_conv.frame_conv(f, w, 2),
+      frames,
+      kernel2d,
+    ),
+  ]
+  for ours, xla, a, b in cases:
+    bf16 = (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+    _, grads = jax.jit(lambda a, b: vjp(ours, a, b))(*bf16)
+    assert all(g.dtype == jnp.bfloat16 for g in grads)
+    _, want = jax.jit(lambda a, b: vjp(xla, a, b))(*(v.astype(jnp.float32) for v in bf16))
+    assert_grads_close(grads, want, 2e-2)
+
+
+def test_conv_grads_selects_the_kernel_gradients():
+  """`"auto"` makes every conv a custom VJP (`"xla"` none), whose CPU kernel gradient is
+  tap-wise for the strided convs of 64 or more channels only."""
+
+  def uses_custom_vjp(conv_grads):
+    frames, kernel = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))
+    f = lambda w: cpu_conv.conv_frames(frames, w, 2, conv_grads)
+    x, kernel_t = jnp.zeros((1, 2, 2, 2, 4)), jnp.zeros((3, 4, 4))
+    g = lambda k: cpu_conv.conv_pointwise(x, k, conv_grads)
+    jaxprs = str(jax.make_jaxpr(f)(kernel)), str(jax.make_jaxpr(g)(kernel_t))
+    return ["custom_vjp_call" in jaxpr for jaxpr in jaxprs]
+
+  assert uses_custom_vjp("auto") == [True, True]
+  assert uses_custom_vjp("xla") == [False, False]
+  assert cpu_conv.uses_tapwise_kernel_grad((3, 3, 64, 64), 2)
+  assert not cpu_conv.uses_tapwise_kernel_grad((3, 3, 64, 64), 1)
+  assert not cpu_conv.uses_tapwise_kernel_grad((7, 7, 15, 64), 2)  # the stem
+
+
+def test_other_platforms_keep_xla_convolutions():
+  """Lowered for a GPU, the gradient holds XLA's convolutions and no tap-wise matmuls: the same
+  convolution and dot ops as with `conv_grads="xla"`; lowered for the CPU it has fewer."""
+  frames, kernel = jnp.zeros((2, 8, 8, 64)), jnp.zeros((3, 3, 64, 32))
+  x, kernel_t = jnp.zeros((1, 3, 4, 4, 8)), jnp.zeros((3, 8, 8))
+
+  def grad_fn(conv_grads):
+    def loss(w, k):
+      y = cpu_conv.conv_frames(frames, w, 2, conv_grads)
+      return jnp.sum(y**2) + jnp.sum(cpu_conv.conv_pointwise(x, k, conv_grads) ** 2)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+  def op_counts(conv_grads, platform):
+    text = grad_fn(conv_grads).trace(kernel, kernel_t).lower(lowering_platforms=(platform,))
+    text = text.as_text()
+    return text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")
+
+  assert op_counts("auto", "cuda") == op_counts("xla", "cuda")
+  assert op_counts("auto", "cpu")[0] < op_counts("xla", "cpu")[0]
+
+
+def test_whole_model_gradient_equals_xla_convolutions():
+  """The tiny I3D-NL's loss gradient with `conv_grads="auto"` equals XLA's (its res5 3x3 conv
+  has 64 channels and stride 2, so every CPU gradient formulation is in it)."""
+  clips = jax.random.normal(jax.random.key(2), (2, 4, 64, 32, 3))
+  labels = jnp.array([0, 1])
+
+  def loss_and_grad(conv_grads):
+    model = create_model(
+      "resnet3d50_nl",
+      num_classes=3,
+      rngs=nnx.Rngs(0),
+      conv_grads=conv_grads,
+      dropout_rate=0.0,
+      **TINY,
+    )
+
+    def loss_fn(model):
+      logits = model(clips)["logits"]
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+
+    return nnx.jit(nnx.value_and_grad(loss_fn))(model)
+
+  (l0, g0), (l1, g1) = loss_and_grad("xla"), loss_and_grad("auto")
+  np.testing.assert_array_equal(l0, l1)  # the same forward
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
