@@ -3,7 +3,6 @@ not fail while tracing or lowering: the paper's train step with `model.dtype=bfl
 `remat` and XLA's attention for cuda and tpu; cuDNN's fused attention where its limits allow,
 with JAX's GPU probes stood in for (they need a GPU)."""
 
-import importlib.util
 import os
 import re
 
@@ -17,14 +16,13 @@ from reid_jax import state as state_lib
 from reid_jax.errors import FieldError
 from reid_jax.models import resnet3d
 
+from tiny_training import load_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _paper_config(**model):
-  spec = importlib.util.spec_from_file_location("mars", os.path.join(REPO, "configs", "mars.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(os.path.join(REPO, "configs", "mars.py"))
   config.init.kinetics_i3d = config.init.torchvision_resnet50 = config.init.checkpoint = ""
   config.model.update(model)
   return config

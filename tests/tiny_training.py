@@ -40,13 +40,18 @@ TINY_OVERRIDES = {
 }
 
 
+def load_config(path: str):
+  """`get_config()` of the config file at `path`."""
+  spec = importlib.util.spec_from_file_location("test_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def tiny_config(data_dir, **extra):
   """configs/synthetic.py with TINY_OVERRIDES, `extra` ("a.b": value) and the built data_dir:
   the same settings `python -m reid_jax.main --config=configs/synthetic.py tiny_flags(...)` uses."""
-  spec = importlib.util.spec_from_file_location("synthetic_config", SYNTHETIC_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(SYNTHETIC_CONFIG)
   config.dataset.data_dir = str(data_dir)
   for key, value in {**TINY_OVERRIDES, **extra}.items():
     *parents, leaf = key.split(".")
