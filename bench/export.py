@@ -88,7 +88,7 @@ def main() -> None:
     ("SavedModel", serve(clips=tf_clips)["features"].numpy()),
     ("ONNX", session.run(["features"], {"clips": clips})[0]),
   ):
-    err = np.abs(out - reference).max() / np.abs(reference).max()
+    err = export_lib.relative_difference(out, reference)
     print(f"{name} max relative difference to jitted: {err:.2e}")
 
   print(

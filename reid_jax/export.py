@@ -20,8 +20,7 @@ the jitted function before it is kept. The folder is written under a temporary n
 when complete.
 
 jax2tf's SavedModel holds the program as one `XlaCallModule` op, which runs in TensorFlow on the
-exported platforms but which tf2onnx and TensorFlow's other converters cannot read: ONNX comes
-from the JAX function directly.
+exported platforms but which tf2onnx cannot convert: ONNX comes from the JAX function directly.
 """
 
 from __future__ import annotations
@@ -52,23 +51,24 @@ class ExportExists(UserError, FileExistsError):
   """The export folder of this step exists already."""
 
 
+def _choices_of(text: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+  """The comma-separated names of `text`, each one of `choices`; ValueError otherwise."""
+  names = tuple(n.strip() for n in text.split(",") if n.strip())
+  if not names or [n for n in names if n not in choices]:
+    raise ValueError(f"{text!r}; choose from {', '.join(choices)}")
+  return names
+
+
 def platforms_of(text: str) -> tuple[str, ...]:
   """The platforms of `config.export.platforms` (comma separated); ValueError naming the
   unknown ones."""
-  platforms = tuple(p.strip() for p in text.split(",") if p.strip())
-  unknown = [p for p in platforms if p not in PLATFORMS]
-  if not platforms or unknown:
-    raise ValueError(f"{text!r}; choose from {', '.join(PLATFORMS)}")
-  return platforms
+  return _choices_of(text, PLATFORMS)
 
 
 def formats_of(text: str) -> tuple[str, ...]:
   """The forms of `config.export.formats` (comma separated); ValueError naming the unknown
   ones, MissingExtra when onnx is asked for and its converter is not installed."""
-  formats = tuple(f.strip() for f in text.split(",") if f.strip())
-  unknown = [f for f in formats if f not in FORMATS]
-  if not formats or unknown:
-    raise ValueError(f"{text!r}; choose from {', '.join(FORMATS)}")
+  formats = _choices_of(text, FORMATS)
   if "onnx" in formats:
     for module in ("jax2onnx", "onnxruntime"):
       require(module, "onnx", "export.formats onnx")
