@@ -298,11 +298,14 @@ def test_calibrate_then_search_on_the_trained_model(data_dir, trained, tmp_path)
   workdir = tmp_path / "run"  # the trained run's checkpoints, without its other outputs
   workdir.mkdir()
   os.symlink(os.path.join(str(trained), "checkpoints"), workdir / "checkpoints")
-  result = calibrate_lib.run(tiny_config(data_dir, mode="calibrate"), str(workdir))
+  # A model of 2 steps barely tells people apart: at the default 1% of different-person pairs
+  # the threshold may admit no same-person pair, so this run asks for 10%.
+  config = tiny_config(data_dir, mode="calibrate", **{"calibrate.false_match_rate": 0.1})
+  result = calibrate_lib.run(config, str(workdir))
   with open(workdir / "threshold.json") as f:
     saved = json.load(f)
   assert saved == result and saved["metric"] == "euclidean" and saved["step"] == 2
-  assert 0 < saved["true_match_rate"] <= 1 and saved["false_match_rate"] <= 0.01
+  assert 0 < saved["true_match_rate"] <= 1 and saved["false_match_rate"] <= 0.1
   assert (workdir / "pairs.png").stat().st_size and (workdir / "roc.png").stat().st_size
   videos, _ = _scene(tmp_path)
   embeddings = embed_lib.run(
