@@ -38,10 +38,14 @@ def get_config():
   config.model.width = 16
   config.model.bottleneck_dim = 128
 
-  # A small network from scratch learns faster at a higher rate than the paper's fine-tuning.
+  # A small network from scratch learns faster at a higher rate than the paper's fine-tuning;
+  # 80 epochs with the last 25 decaying hold rank-1 within a few points over seeds (README).
   config.optim.base_lr = 3e-3
-  config.optim.total_epochs = 60
-  config.optim.decay_start_epoch = 40
+  config.optim.total_epochs = 80
+  config.optim.decay_start_epoch = 55
+  # Ranking by cosine distance of the bottleneck features: over five seeds the same mean rank-1
+  # as Euclidean distance, with half its range (README).
+  config.eval.metric = "cosine"
 
   config.train.log_every_steps = 30
   config.train.checkpoint_every_steps = 60

@@ -35,6 +35,8 @@ TINY_OVERRIDES = {
   "optim.decay_start_epoch": 3,
   "train.log_every_steps": 1,
   "train.checkpoint_every_steps": 4,
+  # The tests' thresholds and distances are Euclidean (the demo ranks by cosine distance).
+  "eval.metric": "euclidean",
   "eval.num_ranked_queries": 1,
   "eval.top_k": 3,
 }
