@@ -7,8 +7,8 @@ into `<workdir>/data/synthetic_download`, converts it with the real MARS convert
 `<workdir>/data/mars`, then trains a narrow, shallow network of the paper's structure (the I3D's
 5x7x7 stem and 3x1x1 convs, temporal pooling, non-local blocks in res3 and res4, the bottleneck
 head) from scratch with the paper's losses and optimiser, and evaluates it with the official
-`mars` protocol. A second run with the same workdir resumes, or only evaluates if training is
-finished.
+`mars` protocol, ranking by cosine distance. A second run with the same workdir resumes, or only
+evaluates if training is finished.
 
 Overrides worth knowing: `--config.dataset.synthetic.identities=200` (a harder dataset),
 `--config.model.name=resnet50_tp` (the 2D baseline), `--config.optim.total_epochs=...`.
