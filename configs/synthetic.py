@@ -39,11 +39,11 @@ def get_config():
   config.model.bottleneck_dim = 128
 
   # A small network from scratch learns faster at a higher rate than the paper's fine-tuning;
-  # 80 epochs with the last 25 decaying hold rank-1 within a few points over seeds (README).
+  # 80 epochs, the last 25 decaying: rank-1 91-98 over ten seeds, under 3 minutes each (README).
   config.optim.base_lr = 3e-3
   config.optim.total_epochs = 80
   config.optim.decay_start_epoch = 55
-  # Ranking by cosine distance of the bottleneck features: over five seeds the same mean rank-1
+  # Ranking by cosine distance of the bottleneck features: over seeds 0-4 the same mean rank-1
   # as Euclidean distance, with half its range (README).
   config.eval.metric = "cosine"
 
