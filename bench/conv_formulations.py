@@ -36,12 +36,12 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from timing import median_seconds
 
 # (name, B*T frames per clip given T, T, H, W, C_in, C_out, k, stride)
 SPATIAL_SHAPES = (
@@ -225,16 +225,6 @@ def stem_formulations(k_t, k, stride):
   return dict(stacked_2d=stacked_2d, conv3d_ndhwc=conv3d_ndhwc, sum_of_2d=sum_of_2d)
 
 
-def time_call(fn, reps):
-  fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def jax_runner(f, x, w, train):
   if train:
 
@@ -279,14 +269,14 @@ def jax_row(forms, x, w, flops, args) -> dict:
   x, w = jnp.asarray(x), jnp.asarray(w)
   check_close(forms, x, w)
   return {
-    name: flops / time_call(jax_runner(f, x, w, args.pass_ == "train"), args.reps) / 1e9
+    name: flops / median_seconds(jax_runner(f, x, w, args.pass_ == "train"), args.reps) / 1e9
     for name, f in forms.items()
   }
 
 
 def torch_gflops(f, a, b, flops, args) -> float:
   """GFLOP/s of the PyTorch function `f(a, b)` in the pass `args` asks for."""
-  return flops / time_call(torch_runner(f, a, b, args.pass_ == "train"), args.reps) / 1e9
+  return flops / median_seconds(torch_runner(f, a, b, args.pass_ == "train"), args.reps) / 1e9
 
 
 def bench_spatial(args, rng):

@@ -13,11 +13,11 @@ between the two, relative to the largest gradient entry.
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_seconds
 
 from reid_jax.models import cpu_conv
 
@@ -44,23 +44,15 @@ POINTWISE_SHAPES = (
 )
 
 
-def median_time(fn, args, reps):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def compare(name, xla, tapwise, args, flops, reps):
   want, got = xla(*args), tapwise(*args)
   err = max(
     float(jnp.abs(a - b).max() / jnp.abs(a).max())
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got))
   )
-  t_xla, t_taps = median_time(xla, args, reps), median_time(tapwise, args, reps)
+  t_xla, t_taps = (
+    median_seconds(lambda f=f: jax.block_until_ready(f(*args)), reps) for f in (xla, tapwise)
+  )
   print(
     f"| {name} | {1e3 * t_xla:.1f} ({flops / t_xla / 1e9:.1f}) "
     f"| {1e3 * t_taps:.1f} ({flops / t_taps / 1e9:.1f}) | {t_xla / t_taps:.2f} | {err:.0e} |",
