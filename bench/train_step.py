@@ -190,8 +190,8 @@ def op_roles(hlo_text: str):
   """op name -> what it computes in the train step, from the compiled HLO: convolutions and
   matmuls (XLA's dots and YNN fusions) split into forward, input gradient and kernel gradient
   (an output of a parameter's shape or of one tap's `[C_in, C_out]`, in any dimension order, or
-  for a convolution of a parameter's size: XLA lays out conv kernel gradients its own way), then copies, data movement and the rest (elementwise and
-  reduction fusions)."""
+  for a convolution of a parameter's size: XLA lays out conv kernel gradients its own way),
+  then copies, data movement and the rest (elementwise and reduction fusions)."""
   lines, param_shapes, param_sizes, in_entry = {}, set(), set(), False
   for line in hlo_text.splitlines():
     in_entry = line.startswith("ENTRY") or (in_entry and not line.startswith("}"))
