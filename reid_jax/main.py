@@ -120,6 +120,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax  # after flag parsing so the device flags apply before backends start
 
+  from reid_jax import host_runtime
+
+  host_runtime.configure_before_backends()
   if flags.FLAGS.cpu_devices:
     jax.config.update("jax_num_cpu_devices", flags.FLAGS.cpu_devices)
   if flags.FLAGS.cpu_devices or os.environ.get("JAX_PLATFORMS") == "cpu":
@@ -131,6 +134,8 @@ def main(argv):
     )
   elif flags.FLAGS.distributed:
     jax.distributed.initialize()
+  if jax.default_backend() == "cpu":
+    host_runtime.keep_freed_memory()  # each step reuses its buffers' pages (host_runtime)
   # Libraries (Orbax, TensorFlow) log through absl: keep them to warnings, and give the run's
   # own progress log (logger "reid_jax") to process 0 only, so there is one readable log.
   logging.set_verbosity(logging.WARNING)
