@@ -12,7 +12,9 @@ same uint8 clips and labels as the JAX step. It runs eagerly, then under `torch.
 networks are checked equal before timing. The table's last column is the speed relative to
 PyTorch eager (above 1: faster). `--interleave` takes the JAX and PyTorch eager steps in turn
 (both networks in memory at once) and prints the ratio of each pair: on a machine whose speed
-drifts with other work, that ratio is steadier than two medians taken minutes apart.
+drifts with other work, that ratio is steadier than two medians taken minutes apart. The process
+runs as `reid_jax.main` does (`reid_jax.host_runtime`; `--jax_default_runtime`: JAX's and glibc's
+defaults), PyTorch's steps included; each pair's line gives both steps' page faults.
 """
 
 import argparse
@@ -105,16 +107,17 @@ class TorchStep:
       self.loss_fn = torch.compile(self.loss_fn)
     self.clips = torch.from_numpy(batch["clips"])
     self.labels = torch.from_numpy(batch["labels"]).long()
-    self.times, self.losses = [], []
+    self.times, self.losses, self.faults = [], [], []
 
   def step(self):
-    start = time.perf_counter()
+    faults, start = jax_bench.page_faults(), time.perf_counter()
     self.optimizer.zero_grad(set_to_none=True)
     loss = self.loss_fn(self.clips, self.labels)
     loss.backward()
     self.optimizer.step()
     self.losses.append(float(loss.detach()))
     self.times.append(time.perf_counter() - start)
+    self.faults.append(jax_bench.page_faults() - faults)
 
   def result(self) -> dict:
     """The first call is the warm-up (and compilation); the median skips it."""
@@ -144,6 +147,7 @@ def interleaved(config, batch, steps: int) -> dict:
     print(
       f"  pair {i}: JAX {jax_step.times[-1]:7.2f} s  PyTorch eager {torch_step.times[-1]:7.2f} s"
       f"  ratio {torch_step.times[-1] / jax_step.times[-1]:.3f}"
+      f"  page faults {jax_step.faults[-1]} / {torch_step.faults[-1]}"
       f"{'  (warm-up)' if i == 0 else ''}  load {os.getloadavg()[0]:.1f}",
       flush=True,
     )
@@ -198,6 +202,7 @@ def inference(config, batch, steps: int) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   jax_bench.add_model_flags(parser)
+  jax_bench.add_runtime_flag(parser)
   parser.add_argument("--no_compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--torch_threads", type=int, default=2)
   parser.add_argument(
@@ -214,6 +219,7 @@ def main():
   if args.dtype == "bfloat16":
     parser.error("the PyTorch peer runs float32 only")
   torch.set_num_threads(args.torch_threads)
+  jax_bench.apply_runtime(args)  # the same process: PyTorch's steps run under it too
   config = jax_bench.load_config(args)
   batch = jax_bench.random_batch(config)
   if args.inference:

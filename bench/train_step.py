@@ -4,7 +4,7 @@ r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, l
         [--dtype float32|bfloat16] [--remat] [--attention_impl einsum|xla|cudnn]
         [--conv_grads auto|xla]
         [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
-        [--profile DIR]
+        [--profile DIR] [--jax_default_runtime]
 
 The step is `reid_jax.train.make_train_step` on the state of `reid_jax.state.build_state` (625
 classes, the MARS training identities) over every local device, fed random uint8 clips whose
@@ -15,6 +15,10 @@ forward, backward and optimiser); on a GPU, MFU is against the device's dense bf
 (TensorBoard's profile plugin reads it) and prints the time of XLA's ops per kind (the fusion or
 op name without its number) and by what they compute (convolutions and matmuls: forward, input
 and kernel gradients; copies; the rest), which is where the CPU step's time goes.
+
+The process runs as `reid_jax.main` does (`reid_jax.host_runtime`: synchronous CPU dispatch,
+freed memory kept), and prints the minor page faults per step; `--jax_default_runtime` keeps
+JAX's and glibc's defaults instead, which fault the step's whole temporary buffer in every step.
 """
 
 import argparse
@@ -26,12 +30,13 @@ import json
 import math
 import os
 import re
+import resource
 import time
 
 import jax
 import numpy as np
 
-from reid_jax import sharding, train
+from reid_jax import host_runtime, sharding, train
 from reid_jax import state as state_lib
 
 NUM_CLASSES = 625
@@ -71,6 +76,28 @@ def add_model_flags(parser):
   parser.add_argument("--frames", type=int, default=None)
   parser.add_argument("--height", type=int, default=None)
   parser.add_argument("--img_width", type=int, default=None)
+
+
+def add_runtime_flag(parser):
+  parser.add_argument(
+    "--jax_default_runtime",
+    action="store_true",
+    help="keep JAX's asynchronous CPU dispatch and glibc's default malloc, as a process runs "
+    "without reid_jax.host_runtime (what reid_jax.main sets up)",
+  )
+
+
+def apply_runtime(args) -> None:
+  """What `reid_jax.main` sets up on a CPU host (`reid_jax.host_runtime`), unless
+  `--jax_default_runtime`. Called before the first JAX computation."""
+  if not args.jax_default_runtime:
+    host_runtime.configure_before_backends()
+    host_runtime.keep_freed_memory()
+
+
+def page_faults() -> int:
+  """Minor page faults of this process so far."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def load_config(args):
@@ -129,13 +156,14 @@ class CompiledStep:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self.flops = float(cost.get("flops", float("nan")))
     self.state = state
-    self.times, self.losses = [], []
+    self.times, self.losses, self.faults = [], [], []
 
   def step(self):
-    start = time.perf_counter()
+    faults, start = page_faults(), time.perf_counter()
     self.state, metrics = self.compiled(self.state, self.batch)
     self.losses.append(float(jax.block_until_ready(metrics["loss"])))
     self.times.append(time.perf_counter() - start)
+    self.faults.append(page_faults() - faults)
 
   def result(self) -> dict:
     """The first call pays for buffer allocation, so the median skips it."""
@@ -143,6 +171,7 @@ class CompiledStep:
       compile_s=self.compile_s,
       step_s=float(np.median(self.times[1:])),
       first_s=self.times[0],
+      faults=int(np.median(self.faults[1:])),
       flops=self.flops,
       losses=self.losses,
     )
@@ -250,6 +279,7 @@ def report(config, result: dict) -> None:
   )
   print(f"  compile          {result['compile_s']:8.1f} s")
   print(f"  step (median)    {step_s:8.3f} s   (first call {result['first_s']:.3f} s)")
+  print(f"  page faults      {result['faults']:8d}   per step (median; the process's)")
   print(f"  clips/s          {(d.P * d.K) / step_s:8.2f}")
   print(f"  GFLOPs/step      {flops / 1e9:8.1f}   (XLA cost analysis of the compiled step)")
   print(f"  achieved         {flops / step_s / 1e9:8.1f} GFLOP/s")
@@ -267,8 +297,10 @@ def report(config, result: dict) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_model_flags(parser)
+  add_runtime_flag(parser)
   parser.add_argument("--profile", default=None, help="trace one more step into this directory")
   args = parser.parse_args()
+  apply_runtime(args)
   config = load_config(args)
   step = run_steps(config, args.steps)
   report(config, step.result())
