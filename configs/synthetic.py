@@ -11,6 +11,8 @@ head) from scratch with the paper's losses and optimiser, and evaluates it with 
 evaluates if training is finished.
 
 Overrides worth knowing: `--config.dataset.synthetic.identities=200` (a harder dataset),
+`--config.dataset.synthetic.test_identities=96` (a larger gallery; default: as many as
+`identities`),
 `--config.model.name=resnet50_tp` (the 2D baseline), `--config.optim.total_epochs=...`.
 """
 

@@ -276,7 +276,7 @@ def check_settings(
   **_,
 ) -> None:
   """Raises FieldError naming the `generate` argument of settings that cannot be drawn."""
-  test_identities = identities if test_identities is None else test_identities
+  test_identities = test_identities or identities
   if cameras < 2 or cameras > 9:
     raise FieldError("cameras", f"must be in 2..9 (MARS names hold one digit), got {cameras}")
   if min_len < 1 or max_len < min_len or max_len > 999:
@@ -309,7 +309,7 @@ def generate(
   Args:
       out: folder to create (must not already hold a dataset).
       identities: training identities.
-      test_identities: test identities (default: `identities`).
+      test_identities: test identities (None or 0: as many as `identities`).
       cameras: number of cameras (>= 2); each identity appears in 2..`cameras` of them.
       tracklets_per_camera: at most this many tracklets per identity and camera.
       min_len, max_len: tracklet length range in frames.
@@ -318,7 +318,7 @@ def generate(
       seed: everything is a deterministic function of it.
       jpeg_quality: JPEG quality of the written frames.
   """
-  test_identities = identities if test_identities is None else test_identities
+  test_identities = test_identities or identities
   check_settings(
     identities=identities,
     test_identities=test_identities,

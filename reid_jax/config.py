@@ -39,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.synthetic = ml_collections.ConfigDict(
     dict(
       identities=0,
+      test_identities=0,  # 0: as many as `identities`
       cameras=4,
       tracklets_per_camera=2,
       min_len=16,

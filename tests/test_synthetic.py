@@ -62,6 +62,20 @@ def test_mars_layout(generated):
     assert image.format == "JPEG" and image.size == (16, 32)
 
 
+def _test_people(out) -> set[int]:
+  rows = _mat(out, "tracks_test_info.mat", "track_test_info").astype(int)
+  return {pid for pid in rows[:, 2] if pid > 0}
+
+
+@pytest.mark.parametrize("test_identities, want", [(3, 3), (0, 4), (None, 4)])
+def test_test_identities_default_to_the_training_ones(tmp_path, test_identities, want):
+  """`test_identities` people in the test split; 0 (the config's default) or None: as many as
+  `identities`."""
+  settings = dict(SMALL, identities=4, test_identities=test_identities, junk=0, distractors=0)
+  synthetic.generate(str(tmp_path), seed=3, **settings)
+  assert len(_test_people(str(tmp_path))) == want
+
+
 def test_queries_have_a_match_in_another_camera(generated):
   out, _ = generated
   rows = _mat(out, "tracks_test_info.mat", "track_test_info").astype(int)
