@@ -10,6 +10,12 @@ bench/README.md). `configure_before_backends` runs programs on the calling threa
 (`jax_cpu_enable_async_dispatch`), and `keep_freed_memory` makes glibc serve large blocks
 from its heap and keep what is freed (`mallopt`), so each step reuses the pages of the last.
 A process's resident memory then stays at its peak instead of falling between steps.
+
+A program over several CPU devices (`--cpu_devices`, or XLA's
+`--xla_force_host_platform_device_count`) runs each device's part on a worker thread, whose
+arena still maps its buffers afresh; so does a worker of a single-device run for blocks it
+allocates itself (bench/README.md). Making every thread share glibc's main arena
+(`M_ARENA_MAX` 1) removed those faults too, but made the single-device step slower.
 """
 
 from __future__ import annotations
