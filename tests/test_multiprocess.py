@@ -21,12 +21,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4 steps. At the demo's rate (3e-3) this 4-channel network's training is chaotic: float
 # rounding that differs between the two device layouts grows 10-100x a step, so the layouts
 # are compared at the paper's rate, where the same computation gives the same losses.
-SHORT = {"optim.total_epochs": 2, "optim.decay_start_epoch": 1, "optim.base_lr": 3e-4}
 # What is compared is how the runs spread the work over processes, not the architecture (whose
 # sharded forms the 4-device tests cover): the I3D without non-local blocks, one block a stage,
 # whose train step each of the two processes compiles in about half the time of the tiny
 # paper-structured network's (15-16 s against 29 s on a 2-core CPU).
-SHORT.update({"model.name": "resnet3d50", "model.stage_depths": (1, 1, 1, 1)})
+SHORT = {
+  "optim.total_epochs": 2,
+  "optim.decay_start_epoch": 1,
+  "optim.base_lr": 3e-4,
+  "model.name": "resnet3d50",
+  "model.stage_depths": (1, 1, 1, 1),
+}
 # The processes get their devices from their flags, and compile for themselves: JAX writes the
 # persistent compilation cache from process 0 only, so with the cache process 0 would wait at the
 # first collective while process 1 compiles, and Gloo gives up after 30 s on a loaded machine.
