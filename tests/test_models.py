@@ -193,7 +193,8 @@ def test_conv3d_matches_a_3d_convolution_in_values_and_gradients(kernel_size, st
 )
 def test_max_pools_match_reduce_window_in_values_and_gradients(pool, window, strides, padding):
   """The slice-maximum pools against `nnx.max_pool` (reduce_window) on tie-free inputs, odd
-  sizes included, and their gradient."""
+  sizes included, and their gradient; on inputs full of ties, the gradient too: each window's
+  goes to one input, the first that holds its maximum, as reduce_window's does."""
   from reid_jax.models import layers
 
   ours = {
@@ -207,8 +208,14 @@ def test_max_pools_match_reduce_window_in_values_and_gradients(pool, window, str
   x = jnp.asarray(rng.permutation(4 * 6 * 7 * 5 * 3).reshape(4, 6, 7, 5, 3), jnp.float32) - 100
   np.testing.assert_array_equal(ours(x), reference(x))
   probe = jnp.asarray(rng.normal(size=reference(x).shape), jnp.float32)
-  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
-  np.testing.assert_allclose(grad(ours), grad(reference), rtol=1e-6)
+  grad = lambda f, x: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
+  # An input that is the maximum of several windows sums their gradients in another order.
+  np.testing.assert_allclose(grad(ours, x), grad(reference, x), rtol=1e-5, atol=1e-7)
+
+  ties = jnp.asarray(rng.integers(0, 3, x.shape), jnp.float32)
+  np.testing.assert_array_equal(ours(ties), reference(ties))
+  np.testing.assert_allclose(grad(ours, ties), grad(reference, ties), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jnp.sum(grad(ours, ties)), jnp.sum(probe), rtol=1e-5)
 
 
 def test_create_model_rejects_bad_names():

@@ -117,16 +117,24 @@ def max_pool(
   """Max-pool of a clip `[B, T, H, W, C]` over (T, H, W), padded with -inf, floor mode.
 
   Computed as the elementwise maximum of the window's strided slices: the same values as
-  `reduce_window`, and a gradient of selects and pads that XLA fuses, where `reduce_window`'s
-  gradient (select-and-scatter) expands on CPUs into index arrays and a scatter as large as the
-  input (forward + gradient 4x slower for the stem's pool, 10x for the temporal pool;
-  bench/README.md). On ties the gradient is shared between the tied inputs rather than given
-  to the first; in the network ties are ReLU zeros, whose gradient is zero either way.
+  `reduce_window`. Its gradient (`_window_max`) goes, as `reduce_window`'s and PyTorch's do, to
+  the first of a window's inputs that hold its maximum, and is assembled without a scatter: each
+  input position receives the output gradients of the few windows whose maximum it is, in one
+  fused loop. XLA's own forms were slow on CPUs: `reduce_window`'s gradient (select-and-scatter)
+  expands into index arrays and a scatter as large as the input (forward + gradient 4x slower for
+  the stem's pool, 10x for the temporal pool), and autodiff of the slices' maximum recomputes
+  every window's maximum for each of its taps (bench/README.md).
   """
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
   out = [(x.shape[1 + a] - window[a]) // strides[a] + 1 for a in range(3)]
   if min(out) < 1:
     raise ValueError(f"max-pool window {window} is larger than the padded clip {x.shape[1:4]}")
+  return _window_max(x, tuple(window), tuple(strides))
+
+
+def _window_taps(x, window, strides):
+  """The strided slice of `x` that each tap of the window reads, taps in row-major order."""
+  out = [(x.shape[1 + a] - window[a]) // strides[a] + 1 for a in range(3)]
   taps = []
   for offset in itertools.product(*(range(k) for k in window)):
     start = (0, *offset, 0)
@@ -136,7 +144,60 @@ def max_pool(
       x.shape[-1],
     )
     taps.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
-  return functools.reduce(jnp.maximum, taps)
+  return taps
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _window_max(x, window, strides):
+  """The maximum of each (unpadded, floor-mode) window of `x` `[B, T, H, W, C]`."""
+  return functools.reduce(jnp.maximum, _window_taps(x, window, strides))
+
+
+def _window_max_fwd(x, window, strides):
+  taps = _window_taps(x, window, strides)
+  y = functools.reduce(jnp.maximum, taps)
+  # The first tap that holds the maximum (int8: at most 127 taps, checked in the backward).
+  if all(w <= s for w, s in zip(window, strides)):
+    # Disjoint windows: the backward reads each window once, so XLA may fuse this into it.
+    first = jnp.full(y.shape, len(taps) - 1, jnp.int8)
+    for tap in reversed(range(len(taps) - 1)):
+      first = jnp.where(taps[tap] == y, jnp.int8(tap), first)
+  else:
+    # Overlapping windows: as a reduction, which XLA computes once, rather than an elementwise
+    # chain that it would fuse into the backward's loop and recompute for every window it reads.
+    first = jnp.argmax(jnp.stack(taps), axis=0).astype(jnp.int8)
+  return y, (first, x.shape)
+
+
+def _window_max_bwd(window, strides, residuals, dy):
+  """Input position `q = o * s + d` (output `o`, tap offset `d`, per axis) receives `dy[o]` where
+  tap `d` is window `o`'s first maximum. Per residue `r = q mod s` the inputs form a plane of the
+  output grid, to which each tap with `d = r (mod s)` adds its masked `dy` shifted by
+  `(d - r) // s`; the planes interleave into the input."""
+  first, in_shape = residuals
+  if math.prod(window) > 127:
+    raise ValueError(f"max-pool window {window} has more than 127 taps")
+  spatial = in_shape[1:4]
+  lengths = [-(-n // s) for n, s in zip(spatial, strides)]  # plane length per axis
+  offsets = list(itertools.product(*(range(k) for k in window)))
+  planes = []
+  for residue in itertools.product(*(range(s) for s in strides)):
+    plane = jnp.zeros((in_shape[0], *lengths, in_shape[-1]), dy.dtype)
+    for tap, offset in enumerate(offsets):
+      if any(d % s != r for d, s, r in zip(offset, strides, residue)):
+        continue
+      shifts = [(d - r) // s for d, s, r in zip(offset, strides, residue)]
+      masked = jnp.where(first == tap, dy, jnp.zeros((), dy.dtype))
+      config = [(0, 0, 0)]
+      config += [(u, n - u - m, 0) for u, n, m in zip(shifts, lengths, dy.shape[1:4])]
+      plane = plane + jax.lax.pad(masked, jnp.zeros((), dy.dtype), [*config, (0, 0, 0)])
+    planes.append(plane)
+  grid = jnp.stack(planes).reshape(*strides, in_shape[0], *lengths, in_shape[-1])
+  dx = einops.rearrange(grid, "st sh sw b t h w c -> b (t st) (h sh) (w sw) c")
+  return (dx[:, : spatial[0], : spatial[1], : spatial[2]],)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
 def max_pool_spatial(x, window: int, stride: int, padding: int):
