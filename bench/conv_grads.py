@@ -10,6 +10,12 @@ tap-wise or XLA's by chunks of frames (`cpu_conv.uses_tapwise_kernel_grad`); `k_
 convs, input and kernel gradients together, tap-wise. Milliseconds, median of `--reps`
 calls after one warm-up, with GFLOP/s (a multiply-add is 2 FLOPs) and the largest difference
 between the two, relative to the largest gradient entry.
+
+    python bench/conv_grads.py --chunk_sweep [--batch 2]
+
+times instead XLA's kernel gradient of each chunked shape on chunks of 1, 2, 4, ... frames up to
+the whole batch, and marks the chunk `cpu_conv.kernel_grad_chunk_frames` picks: where it is not
+the fastest on a CPU, `cpu_conv.KERNEL_GRAD_CHUNK_BYTES` is the figure to tune.
 """
 
 import argparse
@@ -19,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from timing import median_seconds
 
+from reid_jax import host_runtime
 from reid_jax.models import cpu_conv
 
 # (name, frames per clip, H, W, C_in, C_out, k, stride)
@@ -60,15 +67,48 @@ def compare(name, xla, tapwise, args, flops, reps):
   )
 
 
+def chunk_sweep(normal, batch: int, reps: int, prefixes) -> None:
+  print(f"batch {batch}, XLA's kernel gradient by chunks of frames, ms, median of {reps}")
+  print("| shape | frames | " + " | ".join(f"chunks of {2**i}" for i in range(7)) + " |")
+  print("|---|---:|" + "---:|" * 7)
+  for name, t, h, w, c_in, c_out, k, stride in FRAME_SHAPES:
+    if not name.startswith(prefixes) or cpu_conv.uses_tapwise_kernel_grad((k, k, c_in), stride):
+      continue
+    frames = normal(batch * t, h, w, c_in)
+    dy = normal(batch * t, (h - 1) // stride + 1, (w - 1) // stride + 1, c_out)
+    kernel = normal(k, k, c_in, c_out)
+    picked = cpu_conv.kernel_grad_chunk_frames(frames.shape, dy.shape, frames.dtype.itemsize)
+    cells = []
+    for i in range(7):
+      chunk = 2**i
+      if chunk > frames.shape[0] or frames.shape[0] % chunk:
+        cells.append("")
+        continue
+      grad = jax.jit(
+        lambda f, dy, c=chunk: cpu_conv._frame_kernel_grad_chunked(f, dy, kernel, stride, c)
+      )
+      ms = 1e3 * median_seconds(lambda g=grad: jax.block_until_ready(g(frames, dy)), reps)
+      cells.append(f"**{ms:.1f}**" if chunk == picked else f"{ms:.1f}")
+    print(f"| {name} | {frames.shape[0]} | {' | '.join(cells)} |", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=8, help="clips")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--shapes", default="", help="comma list of row-name prefixes")
+  parser.add_argument(
+    "--chunk_sweep", action="store_true", help="time the chunked kernel gradients by chunk size"
+  )
   args = parser.parse_args()
+  host_runtime.configure_before_backends()
+  host_runtime.keep_freed_memory()
   prefixes = tuple(args.shapes.split(",")) if args.shapes else ("",)
   rng = np.random.default_rng(0)
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32))
+  if args.chunk_sweep:
+    chunk_sweep(normal, args.batch, args.reps, prefixes)
+    return
   print(f"batch {args.batch}, ms (GFLOP/s), median of {args.reps}")
   print("| shape | XLA | auto | XLA / auto | max difference |")
   print("|---|---:|---:|---:|---:|")
@@ -80,11 +120,11 @@ def main():
     kernel = normal(k, k, c_in, c_out)
     xla = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_xla(f, dy, kernel, stride))
     ours = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_cpu(f, dy, kernel, stride))
-    positions = dy.shape[1] * dy.shape[2]
-    how = "tap-wise" if cpu_conv.uses_tapwise_kernel_grad(kernel.shape, stride) else "chunked"
-    how = (
-      how if how == "tap-wise" or positions >= cpu_conv.KERNEL_GRAD_CHUNK_MIN_POSITIONS else "XLA"
-    )
+    if cpu_conv.uses_tapwise_kernel_grad(kernel.shape, stride):
+      how = "tap-wise"
+    else:
+      chunk = cpu_conv.kernel_grad_chunk_frames(frames.shape, dy.shape, frames.dtype.itemsize)
+      how = f"chunks of {chunk}" if chunk < frames.shape[0] else "XLA"
     flops = 2 * dy.size * c_in * k * k
     compare(f"{name} kernel grad ({how})", xla, ours, (frames, dy), flops, args.reps)
   for name, t, h, w, c_in, c_out, k_t in POINTWISE_SHAPES:

@@ -72,12 +72,17 @@ def test_pointwise_temporal_conv_gradients(k_t):
     (7, 2, (15, 8), (16, 12)),  # the stem: 5 time shifts x 3 colours, 7x7 stride 2
   ],
 )
-def test_frame_conv_gradients(k, stride, channels, size):
+def test_frame_conv_gradients(k, stride, channels, size, monkeypatch):
   """`k x k` over frames: the custom VJP, and both of its CPU kernel gradients (tap-wise, XLA's
   by chunks of frames), against autodiff of lax's 2D convolution."""
   rng = np.random.default_rng(k * 10 + stride)
   frames = jnp.asarray(rng.normal(size=(10, *size, channels[0])), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(k, k, *channels)), jnp.float32)
+  out_shape = jax.eval_shape(lambda f: cpu_conv.frame_conv(f, kernel, stride), frames).shape
+  per_frame = 4 * (np.prod(frames.shape[1:]) + np.prod(out_shape[1:]))
+  # Room for 3 frames: the chunks are of 2, the largest divisor of the 10 frames.
+  monkeypatch.setattr(cpu_conv, "KERNEL_GRAD_CHUNK_BYTES", int(3 * per_frame))
+  assert cpu_conv.kernel_grad_chunk_frames(frames.shape, out_shape, 4) == 2
   ours = lambda f, w: cpu_conv.frame_conv_tapwise(f, w, stride)
   xla = lambda f, w: cpu_conv.frame_conv(f, w, stride)
 
@@ -91,7 +96,22 @@ def test_frame_conv_gradients(k, stride, channels, size):
   out, grads, want_out, want, taps, chunked = jax.jit(run)(frames, kernel)
   np.testing.assert_array_equal(out, want_out)
   assert_grads_close(grads, want, 1e-5)
-  assert_grads_close([taps, chunked], [want[1]] * 2, 1e-5)  # 10 frames: chunks of 2
+  assert_grads_close([taps, chunked], [want[1]] * 2, 1e-5)
+
+
+def test_kernel_grad_chunks_of_the_papers_network():
+  """Chunks of XLA's kernel gradient for the paper's 8 x 256 x 128 clips at batch 2 (16 frames
+  before the temporal pool, 8 after): one frame of the stem, two of res2's 3x3, four of res3's,
+  the whole batch for res4's and res5's; bfloat16 frames take twice as many."""
+  chunk = cpu_conv.kernel_grad_chunk_frames
+  assert chunk((16, 256, 128, 15), (16, 128, 64, 64), 4) == 1
+  assert chunk((16, 63, 31, 64), (16, 63, 31, 64), 4) == 2
+  assert chunk((16, 63, 31, 64), (16, 63, 31, 64), 2) == 4
+  assert chunk((8, 32, 16, 128), (8, 32, 16, 128), 4) == 4
+  assert chunk((8, 16, 8, 256), (8, 16, 8, 256), 4) == 8
+  assert chunk((8, 8, 4, 512), (8, 8, 4, 512), 4) == 8
+  assert chunk((6, 63, 31, 64), (6, 63, 31, 64), 4) == 2  # a divisor of the batch's frames
+  assert chunk((9, 63, 31, 64), (9, 63, 31, 64), 4) == 1
 
 
 def test_bfloat16_gradients():

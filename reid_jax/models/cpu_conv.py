@@ -17,8 +17,9 @@ each a dense matmul contracting the positions in place (row-major operands, no t
 - `k x k` over frames, strided: `X_tap` is the strided slice of the padded frames that the tap
   reads; the input gradient stays XLA's (its transposed convolution). Used only where it is
   faster than XLA's (`uses_tapwise_kernel_grad`): the unstrided 3x3 convs and the 15-channel
-  stem run XLA's kernel-gradient convolution instead, a few frames at a time and summed, which
-  XLA CPU runs 2-2.5x faster than on the whole batch.
+  stem run XLA's kernel-gradient convolution instead, on chunks of frames of at most
+  `KERNEL_GRAD_CHUNK_BYTES` and summed, which XLA CPU runs up to 3x faster than on the whole
+  batch.
 
 The choice is made when the program is lowered (`lax.platform_dependent`): on CPUs the tap-wise
 gradients, elsewhere (GPUs, TPUs, an export for them) JAX's own autodiff of the same forward, so
@@ -29,6 +30,7 @@ those backends run XLA's convolutions as without this module. `conv_grads="xla"`
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +43,12 @@ CONV_GRADS = ("auto", "xla")
 # The narrowest input of a strided `k x k` conv whose tap-wise kernel gradient beats XLA's: each
 # tap's strided slice copies rows of C_in floats, slow for the stem's 15 stacked channels.
 MIN_TAPWISE_FRAME_CHANNELS = 64
-# Frames per chunk of XLA's kernel-gradient convolution, where the tap-wise one is not used: XLA
-# CPU runs it 2-2.5x faster on a few frames at a time than on a whole batch (bench/README.md).
-KERNEL_GRAD_CHUNK_FRAMES = 4
-# ...for output maps of at least this many positions (res5's 8x4 map runs faster unchunked).
-KERNEL_GRAD_CHUNK_MIN_POSITIONS = 64
+# Where the tap-wise kernel gradient is not used, XLA's kernel-gradient convolution runs on chunks
+# of frames whose input and output gradient take at most this many bytes (at least one frame):
+# XLA CPU runs it up to 3x faster on such chunks than on a whole batch, and the best chunk shrinks
+# as the maps grow (bench/README.md): one frame of the stem, two of res2's 3x3, the whole batch of
+# res5's 3x3 at batch 2.
+KERNEL_GRAD_CHUNK_BYTES = 2 * 1024 * 1024
 
 
 def conv_pointwise(x, kernel, conv_grads: str):
@@ -66,9 +69,17 @@ def uses_tapwise_kernel_grad(kernel_shape, stride: int) -> bool:
   """Whether a `k x k` conv's kernel gradient on CPUs is tap-wise: for the strided convs (XLA
   computes theirs as a convolution with `rhs_dilation`, its slowest form) of at least
   `MIN_TAPWISE_FRAME_CHANNELS` input channels. The others (the unstrided convs, the stem) run
-  XLA's kernel-gradient convolution `KERNEL_GRAD_CHUNK_FRAMES` frames at a time where the output
-  map has at least `KERNEL_GRAD_CHUNK_MIN_POSITIONS` positions, else on the whole batch."""
+  XLA's kernel-gradient convolution on chunks of `kernel_grad_chunk_frames` frames."""
   return stride > 1 and kernel_shape[2] >= MIN_TAPWISE_FRAME_CHANNELS
+
+
+def kernel_grad_chunk_frames(frames_shape, dy_shape, itemsize: int) -> int:
+  """The most frames, a divisor of the batch's, whose input and output gradient fit in
+  `KERNEL_GRAD_CHUNK_BYTES` (at least 1)."""
+  n = frames_shape[0]
+  per_frame = itemsize * (math.prod(frames_shape[1:]) + math.prod(dy_shape[1:]))
+  most = max(1, KERNEL_GRAD_CHUNK_BYTES // per_frame)
+  return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
 def time_shifts(x, k_t: int):
@@ -178,11 +189,16 @@ def _frame_kernel_grad_xla(frames, dy, kernel, stride: int):
   return jax.vjp(lambda k: frame_conv(frames, k, stride), kernel)[1](dy)[0]
 
 
-def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int):
-  """XLA's kernel gradient summed over chunks of up to `KERNEL_GRAD_CHUNK_FRAMES` frames, in
-  float32."""
+def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, per_chunk: int | None = None):
+  """XLA's kernel gradient summed over chunks of `per_chunk` frames (a divisor of the batch's;
+  default `kernel_grad_chunk_frames`), in float32."""
   n = frames.shape[0]
-  per_chunk = max(d for d in range(1, KERNEL_GRAD_CHUNK_FRAMES + 1) if n % d == 0)
+  if per_chunk is None:
+    per_chunk = kernel_grad_chunk_frames(frames.shape, dy.shape, frames.dtype.itemsize)
+  if n % per_chunk:
+    raise ValueError(f"chunks of {per_chunk} frames do not divide {n} frames")
+  if per_chunk == n:
+    return _frame_kernel_grad_xla(frames, dy, kernel, stride)
   grads = [
     _frame_kernel_grad_xla(frames[i : i + per_chunk], dy[i : i + per_chunk], kernel, stride)
     for i in range(0, n, per_chunk)
@@ -193,9 +209,7 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int):
 def _frame_kernel_grad_cpu(frames, dy, kernel, stride: int):
   if uses_tapwise_kernel_grad(kernel.shape, stride):
     return _frame_kernel_grad_taps(frames, dy, *kernel.shape[:2], stride)
-  if dy.shape[1] * dy.shape[2] >= KERNEL_GRAD_CHUNK_MIN_POSITIONS:
-    return _frame_kernel_grad_chunked(frames, dy, kernel, stride)
-  return _frame_kernel_grad_xla(frames, dy, kernel, stride)
+  return _frame_kernel_grad_chunked(frames, dy, kernel, stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
