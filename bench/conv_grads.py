@@ -14,8 +14,9 @@ between the two, relative to the largest gradient entry.
     python bench/conv_grads.py --chunk_sweep [--batch 2]
 
 times instead XLA's kernel gradient of each chunked shape on chunks of 1, 2, 4, ... frames up to
-the whole batch, and marks the chunk `cpu_conv.kernel_grad_chunk_frames` picks: where it is not
-the fastest on a CPU, `cpu_conv.KERNEL_GRAD_CHUNK_BYTES` is the figure to tune.
+the whole batch and on slabs of 1/2, 1/4 and 1/8 of a frame's rows, and marks the chunk
+`cpu_conv.kernel_grad_chunks` picks: where it is not the fastest on a CPU,
+`cpu_conv.KERNEL_GRAD_CHUNK_BYTES` is the figure to tune.
 """
 
 import argparse
@@ -68,20 +69,22 @@ def compare(name, xla, tapwise, args, flops, reps):
 
 
 def chunk_sweep(normal, batch: int, reps: int, prefixes) -> None:
-  print(f"batch {batch}, XLA's kernel gradient by chunks of frames, ms, median of {reps}")
-  print("| shape | frames | " + " | ".join(f"chunks of {2**i}" for i in range(7)) + " |")
-  print("|---|---:|" + "---:|" * 7)
+  sizes = [(1, 8), (1, 4), (1, 2)] + [(2**i, 1) for i in range(7)]  # (frames, 1 / rows)
+  names = [f"1/{d} frame" if d > 1 else f"{f} frames" for f, d in sizes]
+  print(f"batch {batch}, XLA's kernel gradient by chunks, ms, median of {reps}")
+  print("| shape | frames | " + " | ".join(names) + " |")
+  print("|---|---:|" + "---:|" * len(sizes))
   for name, t, h, w, c_in, c_out, k, stride in FRAME_SHAPES:
     if not name.startswith(prefixes) or cpu_conv.uses_tapwise_kernel_grad((k, k, c_in), stride):
       continue
     frames = normal(batch * t, h, w, c_in)
     dy = normal(batch * t, (h - 1) // stride + 1, (w - 1) // stride + 1, c_out)
     kernel = normal(k, k, c_in, c_out)
-    picked = cpu_conv.kernel_grad_chunk_frames(frames.shape, dy.shape, frames.dtype.itemsize)
+    picked = cpu_conv.kernel_grad_chunks(frames.shape, dy.shape, frames.dtype.itemsize)
     cells = []
-    for i in range(7):
-      chunk = 2**i
-      if chunk > frames.shape[0] or frames.shape[0] % chunk:
+    for per_frames, parts in sizes:
+      chunk = (per_frames, -(-dy.shape[1] // parts))
+      if per_frames > frames.shape[0]:
         cells.append("")
         continue
       grad = jax.jit(
@@ -123,8 +126,8 @@ def main():
     if cpu_conv.uses_tapwise_kernel_grad(kernel.shape, stride):
       how = "tap-wise"
     else:
-      chunk = cpu_conv.kernel_grad_chunk_frames(frames.shape, dy.shape, frames.dtype.itemsize)
-      how = f"chunks of {chunk}" if chunk < frames.shape[0] else "XLA"
+      chunk = cpu_conv.kernel_grad_chunks(frames.shape, dy.shape, frames.dtype.itemsize)
+      how = "XLA" if chunk == (frames.shape[0], dy.shape[1]) else "chunks of {} x {}".format(*chunk)
     flops = 2 * dy.size * c_in * k * k
     compare(f"{name} kernel grad ({how})", xla, ours, (frames, dy), flops, args.reps)
   for name, t, h, w, c_in, c_out, k_t in POINTWISE_SHAPES:

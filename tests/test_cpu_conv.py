@@ -72,46 +72,47 @@ def test_pointwise_temporal_conv_gradients(k_t):
     (7, 2, (15, 8), (16, 12)),  # the stem: 5 time shifts x 3 colours, 7x7 stride 2
   ],
 )
-def test_frame_conv_gradients(k, stride, channels, size, monkeypatch):
+def test_frame_conv_gradients(k, stride, channels, size):
   """`k x k` over frames: the custom VJP, and both of its CPU kernel gradients (tap-wise, XLA's
-  by chunks of frames), against autodiff of lax's 2D convolution."""
+  by chunks of frames and by slabs of rows, uneven ones included), against autodiff of lax's 2D
+  convolution."""
   rng = np.random.default_rng(k * 10 + stride)
   frames = jnp.asarray(rng.normal(size=(10, *size, channels[0])), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(k, k, *channels)), jnp.float32)
-  out_shape = jax.eval_shape(lambda f: cpu_conv.frame_conv(f, kernel, stride), frames).shape
-  per_frame = 4 * (np.prod(frames.shape[1:]) + np.prod(out_shape[1:]))
-  # Room for 3 frames: the chunks are of 2, the largest divisor of the 10 frames.
-  monkeypatch.setattr(cpu_conv, "KERNEL_GRAD_CHUNK_BYTES", int(3 * per_frame))
-  assert cpu_conv.kernel_grad_chunk_frames(frames.shape, out_shape, 4) == 2
   ours = lambda f, w: cpu_conv.frame_conv_tapwise(f, w, stride)
   xla = lambda f, w: cpu_conv.frame_conv(f, w, stride)
+  h_out = (size[0] - 1) // stride + 1
 
   def run(f, w):
     (out, grads), (want_out, want) = vjp(ours, f, w), vjp(xla, f, w)
     dy = jax.random.normal(jax.random.key(0), want_out.shape)
     taps = cpu_conv._frame_kernel_grad_taps(f, dy, k, k, stride)
-    chunked = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride)
-    return out, grads, want_out, want, taps, chunked
+    by_frames = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride, (2, h_out))
+    by_rows = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride, (5, 3))  # rows 3, 3, .., 1-3
+    return out, grads, want_out, want, [taps, by_frames, by_rows]
 
-  out, grads, want_out, want, taps, chunked = jax.jit(run)(frames, kernel)
+  out, grads, want_out, want, kernel_grads = jax.jit(run)(frames, kernel)
   np.testing.assert_array_equal(out, want_out)
   assert_grads_close(grads, want, 1e-5)
-  assert_grads_close([taps, chunked], [want[1]] * 2, 1e-5)
+  assert_grads_close(kernel_grads, [want[1]] * 3, 1e-5)
 
 
-def test_kernel_grad_chunks_of_the_papers_network():
+def test_kernel_grad_chunks_of_the_papers_network(monkeypatch):
   """Chunks of XLA's kernel gradient for the paper's 8 x 256 x 128 clips at batch 2 (16 frames
-  before the temporal pool, 8 after): one frame of the stem, two of res2's 3x3, four of res3's,
-  the whole batch for res4's and res5's; bfloat16 frames take twice as many."""
-  chunk = cpu_conv.kernel_grad_chunk_frames
-  assert chunk((16, 256, 128, 15), (16, 128, 64, 64), 4) == 1
-  assert chunk((16, 63, 31, 64), (16, 63, 31, 64), 4) == 2
-  assert chunk((16, 63, 31, 64), (16, 63, 31, 64), 2) == 4
-  assert chunk((8, 32, 16, 128), (8, 32, 16, 128), 4) == 4
-  assert chunk((8, 16, 8, 256), (8, 16, 8, 256), 4) == 8
-  assert chunk((8, 8, 4, 512), (8, 8, 4, 512), 4) == 8
-  assert chunk((6, 63, 31, 64), (6, 63, 31, 64), 4) == 2  # a divisor of the batch's frames
-  assert chunk((9, 63, 31, 64), (9, 63, 31, 64), 4) == 1
+  before the temporal pool, 8 after): a quarter of a frame of the stem, one frame of res2's 3x3,
+  two of res3's, four of res4's, the whole batch of res5's; bfloat16 frames take twice as many."""
+  chunks = cpu_conv.kernel_grad_chunks
+  assert chunks((16, 256, 128, 15), (16, 128, 64, 64), 4) == (1, 32)
+  assert chunks((16, 63, 31, 64), (16, 63, 31, 64), 4) == (1, 63)
+  assert chunks((16, 63, 31, 64), (16, 63, 31, 64), 2) == (2, 63)
+  assert chunks((8, 32, 16, 128), (8, 32, 16, 128), 4) == (2, 32)
+  assert chunks((8, 16, 8, 256), (8, 16, 8, 256), 4) == (4, 16)
+  assert chunks((8, 8, 4, 512), (8, 8, 4, 512), 4) == (8, 8)
+  assert chunks((6, 63, 31, 32), (6, 63, 31, 32), 4) == (2, 63)  # a divisor of the frames
+  assert chunks((7, 63, 31, 32), (7, 63, 31, 32), 4) == (1, 63)
+  # A frame of 400 bytes and a budget of 134: slabs of a third of its 10 rows, rounded up.
+  monkeypatch.setattr(cpu_conv, "KERNEL_GRAD_CHUNK_BYTES", 134)
+  assert chunks((5, 10, 5, 1), (5, 10, 5, 1), 4) == (1, 4)
 
 
 def test_bfloat16_gradients():
