@@ -197,7 +197,7 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, chunk=None):
   """XLA's kernel gradient summed, in float32, over chunks of `chunk = (frames, output rows)`
   (default `kernel_grad_chunks`; the frames a divisor of the batch's): each the 'valid'
   convolution of the slab of zero-padded input rows its output rows read. The chunks are
-  unrolled: inside a loop XLA CPU ran the same convolutions 7x slower (bench/README.md)."""
+  unrolled: as the steps of a `lax.scan` they made the train step 7x slower (bench/README.md)."""
   n, h_out = dy.shape[:2]
   per_frames, per_rows = chunk or kernel_grad_chunks(frames.shape, dy.shape, frames.dtype.itemsize)
   if n % per_frames:

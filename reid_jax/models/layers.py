@@ -129,7 +129,7 @@ def max_pool(
   out = [(x.shape[1 + a] - window[a]) // strides[a] + 1 for a in range(3)]
   if min(out) < 1:
     raise ValueError(f"max-pool window {window} is larger than the padded clip {x.shape[1:4]}")
-  return _window_max(x, tuple(window), tuple(strides))
+  return _window_max(x, tuple(window), tuple(strides), x.shape)
 
 
 def _window_taps(x, window, strides):
@@ -147,36 +147,34 @@ def _window_taps(x, window, strides):
   return taps
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _window_max(x, window, strides):
-  """The maximum of each (unpadded, floor-mode) window of `x` `[B, T, H, W, C]`."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _window_max(x, window, strides, shape):
+  """The maximum of each (unpadded, floor-mode) window of `x` `[B, T, H, W, C]` (of `shape`)."""
   return functools.reduce(jnp.maximum, _window_taps(x, window, strides))
 
 
-def _window_max_fwd(x, window, strides):
+def _window_max_fwd(x, window, strides, shape):
   taps = _window_taps(x, window, strides)
   y = functools.reduce(jnp.maximum, taps)
-  # The first tap that holds the maximum (int8: at most 127 taps, checked in the backward).
+  # The first tap that holds the maximum.
+  index = jnp.int8 if len(taps) <= 127 else jnp.int32
   if all(w <= s for w, s in zip(window, strides)):
     # Disjoint windows: the backward reads each window once, so XLA may fuse this into it.
-    first = jnp.full(y.shape, len(taps) - 1, jnp.int8)
+    first = jnp.full(y.shape, len(taps) - 1, index)
     for tap in reversed(range(len(taps) - 1)):
-      first = jnp.where(taps[tap] == y, jnp.int8(tap), first)
+      first = jnp.where(taps[tap] == y, index(tap), first)
   else:
     # Overlapping windows: as a reduction, which XLA computes once, rather than an elementwise
     # chain that it would fuse into the backward's loop and recompute for every window it reads.
-    first = jnp.argmax(jnp.stack(taps), axis=0).astype(jnp.int8)
-  return y, (first, x.shape)
+    first = jnp.argmax(jnp.stack(taps), axis=0).astype(index)
+  return y, first
 
 
-def _window_max_bwd(window, strides, residuals, dy):
+def _window_max_bwd(window, strides, in_shape, first, dy):
   """Input position `q = o * s + d` (output `o`, tap offset `d`, per axis) receives `dy[o]` where
   tap `d` is window `o`'s first maximum. Per residue `r = q mod s` the inputs form a plane of the
   output grid, to which each tap with `d = r (mod s)` adds its masked `dy` shifted by
   `(d - r) // s`; the planes interleave into the input."""
-  first, in_shape = residuals
-  if math.prod(window) > 127:
-    raise ValueError(f"max-pool window {window} has more than 127 taps")
   spatial = in_shape[1:4]
   lengths = [-(-n // s) for n, s in zip(spatial, strides)]  # plane length per axis
   offsets = list(itertools.product(*(range(k) for k in window)))
