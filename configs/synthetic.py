@@ -44,7 +44,7 @@ def get_config():
   config.model.bottleneck_dim = 128
 
   # A small network from scratch learns faster at a higher rate than the paper's fine-tuning;
-  # 50 epochs of 12 steps, the last 15 decaying (README: rank-1 over ten seeds and the time).
+  # 50 epochs of 12 steps, the last 15 decaying (README: rank-1 over five seeds and the time).
   config.optim.base_lr = 3e-3
   config.optim.total_epochs = 50
   config.optim.decay_start_epoch = 35
