@@ -46,14 +46,10 @@ FORMS = {
 }
 
 
-def timed(fn, args, reps):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return times
+def seconds(fn, x):
+  start = time.perf_counter()
+  jax.block_until_ready(fn(x))
+  return time.perf_counter() - start
 
 
 def main():
@@ -82,12 +78,12 @@ def main():
       for form, pool in FORMS.items()
     }
     reference = grads["reduce_window"](x)
-    for form, grad in grads.items():
+    for form, grad in grads.items():  # also each one's compilation, before the timing
       np.testing.assert_allclose(grad(x), reference, rtol=1e-5, atol=1e-6, err_msg=form)
     times = {form: [] for form in FORMS}
     for _ in range(args.reps):
       for form, grad in grads.items():
-        times[form] += timed(grad, (x,), 1)
+        times[form].append(seconds(grad, x))
     medians = {form: 1e3 * statistics.median(t) for form, t in times.items()}
     for form in FORMS:
       totals[form] += medians[form]

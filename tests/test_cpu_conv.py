@@ -88,7 +88,8 @@ def test_frame_conv_gradients(k, stride, channels, size):
     dy = jax.random.normal(jax.random.key(0), want_out.shape)
     taps = cpu_conv._frame_kernel_grad_taps(f, dy, k, k, stride)
     by_frames = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride, (2, h_out))
-    by_rows = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride, (5, 3))  # rows 3, 3, .., 1-3
+    # Slabs of 3 output rows, the last one shorter where 3 does not divide them.
+    by_rows = cpu_conv._frame_kernel_grad_chunked(f, dy, w, stride, (5, 3))
     return out, grads, want_out, want, [taps, by_frames, by_rows]
 
   out, grads, want_out, want, kernel_grads = jax.jit(run)(frames, kernel)
