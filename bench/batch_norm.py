@@ -12,12 +12,12 @@ it measures whether such a backward would pay on this CPU.
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from timing import seconds
 
 EPS = 1e-5
 # (name, [B, T, H, W, C] at batch 1): the outputs of the stem and of each stage's convs, 8 x 256
@@ -75,12 +75,6 @@ def train_pass(fn):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def time_call(f, args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(f(*args))
-  return time.perf_counter() - start
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=2)
@@ -109,10 +103,10 @@ def main():
         raise AssertionError(f"{name}: the custom {what} gradient differs by {err:.2e}")
     times = {k: [] for k in forms}
     for f in forms.values():  # compile and warm up
-      time_call(f, inputs)
+      jax.block_until_ready(f(*inputs))
     for _ in range(args.reps):
       for k, f in forms.items():
-        times[k].append(time_call(f, inputs))
+        times[k].append(seconds(lambda f=f: jax.block_until_ready(f(*inputs))))
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in forms:
       totals[k] += med[k]

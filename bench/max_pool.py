@@ -13,12 +13,12 @@ the forms taking turns.
 import argparse
 import functools
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from timing import seconds
 
 from reid_jax import host_runtime
 from reid_jax.models import layers
@@ -44,12 +44,6 @@ FORMS = {
   "autodiff of slices": autodiff_slices,
   "reduce_window": lambda x, w, s, p: nnx.max_pool(x, w, strides=s, padding=p),
 }
-
-
-def seconds(fn, x):
-  start = time.perf_counter()
-  jax.block_until_ready(fn(x))
-  return time.perf_counter() - start
 
 
 def main():
@@ -83,7 +77,7 @@ def main():
     times = {form: [] for form in FORMS}
     for _ in range(args.reps):
       for form, grad in grads.items():
-        times[form].append(seconds(grad, x))
+        times[form].append(seconds(lambda grad=grad: jax.block_until_ready(grad(x))))
     medians = {form: 1e3 * statistics.median(t) for form, t in times.items()}
     for form in FORMS:
       totals[form] += medians[form]

@@ -5,13 +5,15 @@ import time
 import numpy as np
 
 
-def median_seconds(call, reps: int) -> float:
-  """Median wall seconds of `reps` calls of `call()` after one warm-up call (the compile);
-  `call` must wait for its own result (e.g. `jax.block_until_ready`)."""
+def seconds(call) -> float:
+  """Wall seconds of one call of `call()`, which must wait for its own result (e.g.
+  `jax.block_until_ready`); benchmarks that take their forms in turns time each turn with it."""
+  start = time.perf_counter()
   call()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return time.perf_counter() - start
+
+
+def median_seconds(call, reps: int) -> float:
+  """Median wall seconds of `reps` calls of `call()` after one warm-up call (the compile)."""
+  call()
+  return float(np.median([seconds(call) for _ in range(reps)]))
