@@ -101,15 +101,14 @@ def pointwise_temporal_conv(x, kernel):
   )
 
 
-def frame_conv(frames, kernel, stride: int):
-  """`k x k` 'same' 2D conv of frames `[N, H, W, C]` by kernel `[k, k, C, D]`, spatial stride."""
+def frame_conv(frames, kernel, stride: int, padding: str | None = None):
+  """`k x k` 2D conv of frames `[N, H, W, C]` by kernel `[k, k, C, D]`, spatial stride: by
+  default padded by `k // 2` on every side ('same' for the odd kernels here); `"VALID"`:
+  unpadded."""
   k_h, k_w = kernel.shape[:2]
+  pads = ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2)) if padding is None else padding
   return lax.conv_general_dilated(
-    frames,
-    kernel,
-    (stride, stride),
-    ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2)),
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    frames, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
 
 
@@ -189,8 +188,8 @@ def _frame_kernel_grad_taps(frames, dy, k_h: int, k_w: int, stride: int):
   return jnp.stack(rows)
 
 
-def _frame_kernel_grad_xla(frames, dy, kernel, stride: int):
-  return jax.vjp(lambda k: frame_conv(frames, k, stride), kernel)[1](dy)[0]
+def _frame_kernel_grad_xla(frames, dy, kernel, stride: int, padding: str | None = None):
+  return jax.vjp(lambda k: frame_conv(frames, k, stride, padding), kernel)[1](dy)[0]
 
 
 def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, chunk=None):
@@ -206,19 +205,13 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, chunk=None):
     return _frame_kernel_grad_xla(frames, dy, kernel, stride)
   k_h, k_w = kernel.shape[:2]
   padded = jnp.pad(frames, ((0, 0), (k_h // 2, k_h // 2), (k_w // 2, k_w // 2), (0, 0)))
-
-  def valid_conv(slab, k):
-    return lax.conv_general_dilated(
-      slab, k, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
   total = jnp.zeros(kernel.shape, jnp.float32)
   for i in range(0, n, per_frames):
     for r in range(0, h_out, per_rows):
       rows = min(per_rows, h_out - r)
       slab = padded[i : i + per_frames, stride * r : stride * (r + rows - 1) + k_h]
       out_grad = dy[i : i + per_frames, r : r + rows]
-      grad = jax.vjp(lambda k, slab=slab: valid_conv(slab, k), kernel)[1](out_grad)[0]
+      grad = _frame_kernel_grad_xla(slab, out_grad, kernel, stride, "VALID")
       total = total + grad.astype(jnp.float32)
   return total.astype(kernel.dtype)
 
