@@ -68,6 +68,13 @@ def compare(name, xla, tapwise, args, flops, reps):
   )
 
 
+def frame_arrays(normal, batch, t, h, w, c_in, c_out, k, stride):
+  """Random frames, output gradient and kernel of a `FRAME_SHAPES` row at `batch` clips."""
+  frames = normal(batch * t, h, w, c_in)
+  dy = normal(batch * t, (h - 1) // stride + 1, (w - 1) // stride + 1, c_out)
+  return frames, dy, normal(k, k, c_in, c_out)
+
+
 def chunk_sweep(normal, batch: int, reps: int, prefixes) -> None:
   sizes = [(1, 8), (1, 4), (1, 2)] + [(2**i, 1) for i in range(7)]  # (frames, 1 / rows)
   names = [f"1/{d} frame" if d > 1 else f"{f} frames" for f, d in sizes]
@@ -77,9 +84,7 @@ def chunk_sweep(normal, batch: int, reps: int, prefixes) -> None:
   for name, t, h, w, c_in, c_out, k, stride in FRAME_SHAPES:
     if not name.startswith(prefixes) or cpu_conv.uses_tapwise_kernel_grad((k, k, c_in), stride):
       continue
-    frames = normal(batch * t, h, w, c_in)
-    dy = normal(batch * t, (h - 1) // stride + 1, (w - 1) // stride + 1, c_out)
-    kernel = normal(k, k, c_in, c_out)
+    frames, dy, kernel = frame_arrays(normal, batch, t, h, w, c_in, c_out, k, stride)
     picked = cpu_conv.kernel_grad_chunks(frames.shape, dy.shape, frames.dtype.itemsize)
     cells = []
     for per_frames, parts in sizes:
@@ -118,9 +123,7 @@ def main():
   for name, t, h, w, c_in, c_out, k, stride in FRAME_SHAPES:
     if not name.startswith(prefixes):
       continue
-    frames = normal(args.batch * t, h, w, c_in)
-    dy = normal(args.batch * t, (h - 1) // stride + 1, (w - 1) // stride + 1, c_out)
-    kernel = normal(k, k, c_in, c_out)
+    frames, dy, kernel = frame_arrays(normal, args.batch, t, h, w, c_in, c_out, k, stride)
     xla = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_xla(f, dy, kernel, stride))
     ours = jax.jit(lambda f, dy: cpu_conv._frame_kernel_grad_cpu(f, dy, kernel, stride))
     if cpu_conv.uses_tapwise_kernel_grad(kernel.shape, stride):
