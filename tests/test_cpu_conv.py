@@ -101,16 +101,22 @@ def test_frame_conv_gradients(k, stride, channels, size):
 def test_kernel_grad_chunks_of_the_papers_network(monkeypatch):
   """Chunks of XLA's kernel gradient for the paper's 8 x 256 x 128 clips at batch 2 (16 frames
   before the temporal pool, 8 after): a quarter of a frame of the stem, one frame of res2's 3x3,
-  two of res3's, four of res4's, the whole batch of res5's; bfloat16 frames take twice as many."""
+  two of res3's, the whole batch of res4's (8 frames in 2 MiB) and of res5's; bfloat16 frames
+  take twice as many."""
   chunks = cpu_conv.kernel_grad_chunks
   assert chunks((16, 256, 128, 15), (16, 128, 64, 64), 4) == (1, 32)
   assert chunks((16, 63, 31, 64), (16, 63, 31, 64), 4) == (1, 63)
   assert chunks((16, 63, 31, 64), (16, 63, 31, 64), 2) == (2, 63)
   assert chunks((8, 32, 16, 128), (8, 32, 16, 128), 4) == (2, 32)
-  assert chunks((8, 16, 8, 256), (8, 16, 8, 256), 4) == (4, 16)
+  assert chunks((8, 16, 8, 256), (8, 16, 8, 256), 4) == (8, 16)
+  assert chunks((16, 16, 8, 256), (16, 16, 8, 256), 4) == (8, 16)  # batch 4: 8 of 16
   assert chunks((8, 8, 4, 512), (8, 8, 4, 512), 4) == (8, 8)
   assert chunks((6, 63, 31, 32), (6, 63, 31, 32), 4) == (2, 63)  # a divisor of the frames
   assert chunks((7, 63, 31, 32), (7, 63, 31, 32), 4) == (1, 63)
+  # The demo's stem at batch 32 (configs/synthetic.py): 8 frames of 155 kB, not the 4 of 1 MiB.
+  assert chunks((128, 64, 32, 15), (128, 32, 16, 16), 4) == (8, 32)
+  # Frames of 272 kB: 7 fit in 2 MiB, short of MIN_CHUNK_FRAMES, so the 1 MiB rule's 3 (of 9).
+  assert chunks((9, 32, 32, 64), (9, 32, 32, 4), 4) == (3, 32)
   # A frame of 400 bytes and a budget of 134: slabs of a third of its 10 rows, rounded up.
   monkeypatch.setattr(cpu_conv, "KERNEL_GRAD_CHUNK_BYTES", 134)
   assert chunks((5, 10, 5, 1), (5, 10, 5, 1), 4) == (1, 4)

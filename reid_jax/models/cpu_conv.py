@@ -49,6 +49,11 @@ MIN_TAPWISE_FRAME_CHANNELS = 64
 # (bench/README.md): a quarter of a frame of the stem, one frame of res2's 3x3, the whole batch of
 # res5's 3x3 at batch 2.
 KERNEL_GRAD_CHUNK_BYTES = 1024 * 1024
+# ... except that chunks of fewer than MIN_CHUNK_FRAMES small frames run slower than their bytes
+# say (the demo's stem at batch 32: 4 frames 84 ms, 8 frames 28, the whole batch 30; res4's 3x3 at
+# batch 2: 4 frames 9.5 ms, 8 frames 7.3), so chunks take MIN_CHUNK_FRAMES frames where those fit
+# in twice the budget.
+MIN_CHUNK_FRAMES = 8
 
 
 def conv_pointwise(x, kernel, conv_grads: str):
@@ -75,14 +80,16 @@ def uses_tapwise_kernel_grad(kernel_shape, stride: int) -> bool:
 
 def kernel_grad_chunks(frames_shape, dy_shape, itemsize: int) -> tuple[int, int]:
   """`(frames, output rows)` per chunk of XLA's kernel-gradient convolution: the most whole frames,
-  a divisor of the batch's, that fit in `KERNEL_GRAD_CHUNK_BYTES` (input and output gradient),
-  else one frame's rows in as few equal slabs as fit (the last one shorter where they do not
-  divide)."""
+  a divisor of the batch's, that fit in `KERNEL_GRAD_CHUNK_BYTES` (input and output gradient), or
+  in twice that if it lets a chunk hold `MIN_CHUNK_FRAMES`; else one frame's rows in as few equal
+  slabs as fit (the last one shorter where they do not divide)."""
   n, h_out = dy_shape[0], dy_shape[1]
   per_frame = itemsize * (math.prod(frames_shape[1:]) + math.prod(dy_shape[1:]))
   if per_frame <= KERNEL_GRAD_CHUNK_BYTES:
-    most = min(n, KERNEL_GRAD_CHUNK_BYTES // per_frame)
-    return max(d for d in range(1, most + 1) if n % d == 0), h_out
+    most = KERNEL_GRAD_CHUNK_BYTES // per_frame
+    if most < MIN_CHUNK_FRAMES <= 2 * KERNEL_GRAD_CHUNK_BYTES // per_frame:
+      most = MIN_CHUNK_FRAMES
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0), h_out
   return 1, -(-h_out // -(-per_frame // KERNEL_GRAD_CHUNK_BYTES))
 
 
