@@ -1,4 +1,4 @@
-r"""Input pipeline throughput: training clips/s and evaluation frames/s on this host.
+r"""Input pipeline throughput: training clips/s and evaluation chunks/s on this host.
 
     python bench/input_pipeline.py                       # synthetic MARS-layout data, 256x128
     python bench/input_pipeline.py --data_dir=/data/reid --dataset=mars   # an already built set
@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_prep import build as build_lib  # noqa: E402
 from data_prep import built, synthetic  # noqa: E402
 from reid_jax import data  # noqa: E402
+from reid_jax.inference import chunks  # noqa: E402
 
 
 def _cpu_seconds() -> float:
@@ -97,21 +98,21 @@ def main() -> None:
     flush=True,
   )
 
-  evaluation, _ = data.make_eval_iterator(
-    args.data_dir,
-    args.dataset,
-    batch_size=args.eval_batch_size,
+  source = data.BuiltTracklets(args.data_dir, args.dataset)
+  evaluation = chunks.chunk_batches(
+    source,
+    num_frames=8,
     height=args.height,
     width=args.width,
+    batch_size=args.eval_batch_size,
     process_index=0,
     process_count=1,
   )
-  frames, per_cpu = _rate(
-    evaluation, args.eval_steps, warmup=2, count=lambda b: b["frame_mask"].sum()
-  )
+  clips, per_cpu = _rate(evaluation, args.eval_steps, warmup=2, count=lambda b: b["valid"].sum())
   print(
-    f"evaluation: {frames:.1f} frames/s, {per_cpu:.1f} frames per CPU-second  "
-    f"({args.eval_batch_size} chunks of 8 per batch, {args.eval_steps} batches)",
+    f"evaluation: {clips:.1f} chunks/s, {per_cpu:.1f} chunks per CPU-second  ({args.eval_batch_size}"
+    f" chunks of 8x{args.height}x{args.width} per batch, a tracklet's last one padded, "
+    f"{args.eval_steps} batches)",
     flush=True,
   )
 
