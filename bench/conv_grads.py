@@ -100,10 +100,9 @@ def frame_arrays(normal, batch, t, h, w, c_in, c_out, k, stride):
 
 
 def chunk_sweep(normal, shapes, batch: int, reps: int, prefixes) -> None:
+  # (frames, 1 / rows): slabs of a frame, then 1, 2, 4, ... frames up to the largest batch.
   most = max(batch * t for _, t, *_ in shapes)
-  sizes = [(1, 8), (1, 4), (1, 2)] + [
-    (2**i, 1) for i in range(most.bit_length())
-  ]  # (frames, 1 / rows)
+  sizes = [(1, 8), (1, 4), (1, 2)] + [(2**i, 1) for i in range(most.bit_length())]
   names = [f"1/{d} frame" if d > 1 else f"{f} frames" for f, d in sizes]
   print(f"batch {batch}, XLA's kernel gradient by chunks, ms, median of {reps}")
   print("| shape | frames | " + " | ".join(names) + " |")

@@ -51,8 +51,8 @@ MIN_TAPWISE_FRAME_CHANNELS = 64
 KERNEL_GRAD_CHUNK_BYTES = 1024 * 1024
 # ... except that chunks of fewer than MIN_CHUNK_FRAMES small frames run slower than their bytes
 # say (the demo's stem at batch 32: 4 frames 84 ms, 8 frames 28, the whole batch 30; res4's 3x3 at
-# batch 2: 4 frames 9.5 ms, 8 frames 7.3), so chunks take MIN_CHUNK_FRAMES frames where those fit
-# in twice the budget.
+# batch 2: 4 frames 9.5 ms, 8 frames 7.3; bench/README.md), so chunks take MIN_CHUNK_FRAMES frames
+# where those fit in twice the budget.
 MIN_CHUNK_FRAMES = 8
 
 
