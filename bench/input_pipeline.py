@@ -108,9 +108,11 @@ def main() -> None:
     process_index=0,
     process_count=1,
   )
-  clips, per_cpu = _rate(evaluation, args.eval_steps, warmup=2, count=lambda b: b["valid"].sum())
+  chunk_rate, per_cpu = _rate(
+    evaluation, args.eval_steps, warmup=2, count=lambda b: b["valid"].sum()
+  )
   print(
-    f"evaluation: {clips:.1f} chunks/s, {per_cpu:.1f} chunks per CPU-second  ({args.eval_batch_size}"
+    f"evaluation: {chunk_rate:.1f} chunks/s, {per_cpu:.1f} chunks per CPU-second  ({args.eval_batch_size}"
     f" chunks of 8x{args.height}x{args.width} per batch, a tracklet's last one padded, "
     f"{args.eval_steps} batches)",
     flush=True,
