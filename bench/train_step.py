@@ -2,7 +2,7 @@ r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, l
 
     python bench/train_step.py [--config configs/mars.py] [--batch 8] [--steps 3]
         [--dtype float32|bfloat16] [--remat] [--attention_impl einsum|xla|cudnn]
-        [--conv_grads auto|xla]
+        [--conv_grads auto|xla] [--frame_chunk_bytes N]
         [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
         [--profile DIR] [--jax_default_runtime]
 
@@ -19,6 +19,9 @@ and kernel gradients; copies; the rest), which is where the CPU step's time goes
 The process runs as `reid_jax.main` does (`reid_jax.host_runtime`: synchronous CPU dispatch,
 freed memory kept), and prints the minor page faults per step; `--jax_default_runtime` keeps
 JAX's and glibc's defaults instead, which fault the step's whole temporary buffer in every step.
+Each step's time and page faults follow (the first call's and the heap-growing second's too).
+`--frame_chunk_bytes N` sets the CPU convolutions' chunks of frames (`cpu_conv.FRAME_CHUNK_BYTES`;
+0: whole batches, as before they had chunks).
 """
 
 import argparse
@@ -31,6 +34,7 @@ import math
 import os
 import re
 import resource
+import sys
 import time
 
 import jax
@@ -38,6 +42,7 @@ import numpy as np
 
 from reid_jax import host_runtime, sharding, train
 from reid_jax import state as state_lib
+from reid_jax.models import cpu_conv
 
 NUM_CLASSES = 625
 TRIPLET_K = 4
@@ -76,6 +81,12 @@ def add_model_flags(parser):
   parser.add_argument("--frames", type=int, default=None)
   parser.add_argument("--height", type=int, default=None)
   parser.add_argument("--img_width", type=int, default=None)
+  parser.add_argument(
+    "--frame_chunk_bytes",
+    type=int,
+    default=None,
+    help="bytes of the CPU conv chunks of frames (cpu_conv.FRAME_CHUNK_BYTES); 0: whole batches",
+  )
 
 
 def add_runtime_flag(parser):
@@ -128,6 +139,8 @@ def load_config(args):
   config.data.K = max(k for k in range(1, min(TRIPLET_K, args.batch) + 1) if args.batch % k == 0)
   config.data.P = args.batch // config.data.K
   config.init.kinetics_i3d = config.init.torchvision_resnet50 = config.init.checkpoint = ""
+  if args.frame_chunk_bytes is not None:  # read when the step is traced
+    cpu_conv.FRAME_CHUNK_BYTES = args.frame_chunk_bytes or sys.maxsize
   return config
 
 
@@ -174,6 +187,8 @@ class CompiledStep:
       faults=int(np.median(self.faults[1:])),
       flops=self.flops,
       losses=self.losses,
+      times=self.times,
+      all_faults=self.faults,
     )
 
 
@@ -292,6 +307,8 @@ def report(config, result: dict) -> None:
   else:
     print("  MFU              n/a (no bf16 peak known for this device)")
   print(f"  losses           {' '.join(f'{x:.4f}' for x in result['losses'])}")
+  print(f"  each step        {' '.join(f'{t:.2f}' for t in result['times'])} s")
+  print(f"  its page faults  {' '.join(str(f) for f in result['all_faults'])}")
 
 
 def main():

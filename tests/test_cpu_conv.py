@@ -122,6 +122,46 @@ def test_kernel_grad_chunks_of_the_papers_network(monkeypatch):
   assert chunks((5, 10, 5, 1), (5, 10, 5, 1), 4) == (1, 4)
 
 
+def test_forward_by_chunks_of_frames(monkeypatch):
+  """On CPUs a `k x k` conv's forward runs on chunks of frames (here a budget of 3 of the 10
+  frames: chunks of 2, the largest divisor that fits), with the whole batch's values and
+  gradients; lowered for a GPU it is one convolution."""
+  rng = np.random.default_rng(5)
+  frames = jnp.asarray(rng.normal(size=(10, 9, 7, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 6, 5)), jnp.float32)
+  per_frame = 4 * (9 * 7 * 6 + 5 * 4 * 5)
+  monkeypatch.setattr(cpu_conv, "FRAME_CHUNK_BYTES", 3 * per_frame)
+  assert cpu_conv.frame_chunks(frames.shape, (10, 5, 4, 5), 4) == 2
+  ours = lambda f, w: cpu_conv.frame_conv_tapwise(f, w, 2)
+  (out, grads), (want_out, want) = (
+    jax.jit(lambda f, w: vjp(ours, f, w))(frames, kernel),
+    vjp(lambda f, w: cpu_conv.frame_conv(f, w, 2), frames, kernel),
+  )
+  np.testing.assert_array_equal(out, want_out)
+  assert_grads_close(grads, want, 1e-5)
+  loss_grad = jax.jit(jax.grad(lambda f, w: jnp.sum(ours(f, w) ** 2))).trace(frames, kernel)
+
+  def convolutions(platform):
+    return loss_grad.lower(lowering_platforms=(platform,)).as_text().count("stablehlo.convolution")
+
+  # The gradient of the frames alone: the forward in 5 chunks on the CPU, the input gradient whole.
+  assert (convolutions("cpu"), convolutions("cuda")) == (6, 2)
+
+
+def test_frame_chunks_of_the_papers_network():
+  """Forward chunks for the paper's 8 x 256 x 128 clips: the stem (4 MB a frame in and out) in
+  chunks of 16 frames at batch 8, whole at batch 2; res3's strided 3x3 (1.3 MB a frame) in
+  chunks of 32 at batch 8; res2's 3x3 (1 MB a frame) whole at batch 8; the demo's stem whole."""
+  chunk = cpu_conv.frame_chunks
+  assert chunk((64, 256, 128, 15), (64, 128, 64, 64), 4) == 16
+  assert chunk((16, 256, 128, 15), (16, 128, 64, 64), 4) == 16
+  assert chunk((64, 63, 31, 128), (64, 32, 16, 128), 4) == 32
+  assert chunk((16, 63, 31, 128), (16, 32, 16, 128), 4) == 16
+  assert chunk((64, 63, 31, 64), (64, 63, 31, 64), 4) == 64
+  assert chunk((128, 64, 32, 15), (128, 32, 16, 16), 4) == 128
+  assert chunk((3, 4096, 4096, 4), (3, 4096, 4096, 4), 4) == 1  # a frame over the budget
+
+
 def test_bfloat16_gradients():
   """bfloat16 compute (`model.dtype`): both custom VJPs within bfloat16's precision of float32."""
   rng = np.random.default_rng(0)

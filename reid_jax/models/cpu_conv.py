@@ -21,6 +21,10 @@ each a dense matmul contracting the positions in place (row-major operands, no t
   of at most `KERNEL_GRAD_CHUNK_BYTES` and summed, which XLA CPU runs up to 8x faster than on
   the whole batch.
 
+The forward of a `k x k` conv is `frame_conv`'s, on CPUs on chunks of whole frames of at most
+`FRAME_CHUNK_BYTES` (at the paper's batch 8: the stem and res3's strided 3x3): each output frame
+is its own input frame's, so the values are the same.
+
 The choice is made when the program is lowered (`lax.platform_dependent`): on CPUs the tap-wise
 gradients, elsewhere (GPUs, TPUs, an export for them) JAX's own autodiff of the same forward, so
 those backends run XLA's convolutions as without this module. `conv_grads="xla"`
@@ -54,6 +58,13 @@ KERNEL_GRAD_CHUNK_BYTES = 1024 * 1024
 # batch 2: 4 frames 9.5 ms, 8 frames 7.3; bench/README.md), so chunks take MIN_CHUNK_FRAMES frames
 # where those fit in twice the budget.
 MIN_CHUNK_FRAMES = 8
+# The forward of a `k x k` conv runs on CPUs on chunks of whole frames whose input and output take
+# at most this many bytes. XLA CPU's convolution (YNNPACK) takes a scratch buffer of about half of
+# them from the worker thread that runs it, and glibc maps a worker's block above 64 MiB (its
+# thread heaps' size) afresh, faulting its pages in again at every step: at batch 8 the paper's
+# stem (64 frames, 260 MB in and out) mapped 133 MB a step and took 744 ms of it, 4 x 118 ms in
+# chunks of 16 frames (bench/README.md).
+FRAME_CHUNK_BYTES = 64 * 1024 * 1024
 
 
 def conv_pointwise(x, kernel, conv_grads: str):
@@ -91,6 +102,15 @@ def kernel_grad_chunks(frames_shape, dy_shape, itemsize: int) -> tuple[int, int]
       most = MIN_CHUNK_FRAMES
     return max(d for d in range(1, min(n, most) + 1) if n % d == 0), h_out
   return 1, -(-h_out // -(-per_frame // KERNEL_GRAD_CHUNK_BYTES))
+
+
+def frame_chunks(frames_shape, out_shape, itemsize: int) -> int:
+  """Frames per chunk of a `k x k` conv's forward on CPUs: the most, a divisor of the batch's,
+  whose input and output fit in `FRAME_CHUNK_BYTES` (at least one)."""
+  n = frames_shape[0]
+  per_frame = itemsize * (math.prod(frames_shape[1:]) + math.prod(out_shape[1:]))
+  most = max(1, FRAME_CHUNK_BYTES // per_frame)
+  return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
 def time_shifts(x, k_t: int):
@@ -223,6 +243,29 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, chunk=None):
   return total.astype(kernel.dtype)
 
 
+def _frame_forward_chunked(frames, kernel, stride: int):
+  """`frame_conv` on chunks of `frame_chunks` frames, concatenated: each output frame is computed
+  from its own input frame, so the values are the whole batch's."""
+  n, h, w = frames.shape[:3]
+  out_shape = (n, (h - 1) // stride + 1, (w - 1) // stride + 1, kernel.shape[3])
+  per = frame_chunks(frames.shape, out_shape, frames.dtype.itemsize)
+  if per == n:
+    return frame_conv(frames, kernel, stride)
+  return jnp.concatenate(
+    [frame_conv(frames[i : i + per], kernel, stride) for i in range(0, n, per)]
+  )
+
+
+def _frame_forward(frames, kernel, stride: int):
+  """`frame_conv`, on chunks of frames on CPUs (`frame_chunks`), whole elsewhere."""
+  return lax.platform_dependent(
+    frames,
+    kernel,
+    cpu=functools.partial(_frame_forward_chunked, stride=stride),
+    default=functools.partial(frame_conv, stride=stride),
+  )
+
+
 def _frame_kernel_grad_cpu(frames, dy, kernel, stride: int):
   if uses_tapwise_kernel_grad(kernel.shape, stride):
     return _frame_kernel_grad_taps(frames, dy, *kernel.shape[:2], stride)
@@ -231,12 +274,13 @@ def _frame_kernel_grad_cpu(frames, dy, kernel, stride: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def frame_conv_tapwise(frames, kernel, stride: int):
-  """`frame_conv` whose kernel gradient on CPUs is `_frame_kernel_grad_cpu`."""
-  return frame_conv(frames, kernel, stride)
+  """`frame_conv` whose forward on CPUs runs on chunks of frames (`frame_chunks`) and whose
+  kernel gradient on CPUs is `_frame_kernel_grad_cpu`."""
+  return _frame_forward(frames, kernel, stride)
 
 
 def _frame_fwd(frames, kernel, stride):
-  return frame_conv(frames, kernel, stride), (frames, kernel)
+  return _frame_forward(frames, kernel, stride), (frames, kernel)
 
 
 def _frame_bwd(stride, residuals, dy):
