@@ -2,7 +2,7 @@ r"""Compile time, step time, clips/s and FLOP/s of the real train step (model, l
 
     python bench/train_step.py [--config configs/mars.py] [--batch 8] [--steps 3]
         [--dtype float32|bfloat16] [--remat] [--attention_impl einsum|xla|cudnn]
-        [--conv_grads auto|xla] [--frame_chunk_bytes N]
+        [--conv_grads auto|xla] [--frame_chunk_bytes N] [--compare_frame_chunks N]
         [--width 64] [--depths 3,4,6,3] [--frames 8 --height 256 --img_width 128]
         [--profile DIR] [--jax_default_runtime]
 
@@ -21,7 +21,8 @@ freed memory kept), and prints the minor page faults per step; `--jax_default_ru
 JAX's and glibc's defaults instead, which fault the step's whole temporary buffer in every step.
 Each step's time and page faults follow (the first call's and the heap-growing second's too).
 `--frame_chunk_bytes N` sets the CPU convolutions' chunks of frames (`cpu_conv.FRAME_CHUNK_BYTES`;
-0: whole batches, as before they had chunks).
+0: whole batches, as before they had chunks); `--compare_frame_chunks N` compiles the step with
+the default and with N, and takes their steps in turns (`--steps` + 2 pairs).
 """
 
 import argparse
@@ -311,14 +312,51 @@ def report(config, result: dict) -> None:
   print(f"  its page faults  {' '.join(str(f) for f in result['all_faults'])}")
 
 
+def compare_frame_chunks(config, other_bytes: int, pairs: int) -> None:
+  """The step with the module's `FRAME_CHUNK_BYTES` and with `other_bytes` (0: whole batches),
+  both compiled in this process and stepped in turns (the order swapped every pair), so both see
+  the same moments of a noisy machine; prints each pair's ratio and their median after the two
+  heap-growing pairs."""
+  ours = CompiledStep(config)
+  default, cpu_conv.FRAME_CHUNK_BYTES = cpu_conv.FRAME_CHUNK_BYTES, other_bytes or sys.maxsize
+  try:
+    other = CompiledStep(config)
+  finally:
+    cpu_conv.FRAME_CHUNK_BYTES = default
+  ratios = []
+  for i in range(pairs):
+    for step in (ours, other) if i % 2 == 0 else (other, ours):
+      step.step()
+    ratios.append(other.times[-1] / ours.times[-1])
+    print(
+      f"  pair {i}: {default} bytes {ours.times[-1]:6.2f} s ({ours.faults[-1]} faults)  "
+      f"{other_bytes} bytes {other.times[-1]:6.2f} s ({other.faults[-1]} faults)  "
+      f"ratio {ratios[-1]:.3f}",
+      flush=True,
+    )
+  print(
+    f"  median ratio ({other_bytes} bytes / {default}) from pair 2: {np.median(ratios[2:]):.3f}"
+  )
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_model_flags(parser)
   add_runtime_flag(parser)
   parser.add_argument("--profile", default=None, help="trace one more step into this directory")
+  parser.add_argument(
+    "--compare_frame_chunks",
+    type=int,
+    default=None,
+    metavar="BYTES",
+    help="step in turns against the same step with these FRAME_CHUNK_BYTES (0: whole batches)",
+  )
   args = parser.parse_args()
   apply_runtime(args)
   config = load_config(args)
+  if args.compare_frame_chunks is not None:
+    compare_frame_chunks(config, args.compare_frame_chunks, args.steps + 2)
+    return
   step = run_steps(config, args.steps)
   report(config, step.result())
   if args.profile:

@@ -23,7 +23,8 @@ each a dense matmul contracting the positions in place (row-major operands, no t
 
 The forward of a `k x k` conv is `frame_conv`'s, on CPUs on chunks of whole frames of at most
 `FRAME_CHUNK_BYTES` (at the paper's batch 8: the stem and res3's strided 3x3): each output frame
-is its own input frame's, so the values are the same.
+is computed from its own input frame alone, so a chunk computes the same sums (their rounding may
+differ where the kernel tiles a chunk otherwise than the batch).
 
 The choice is made when the program is lowered (`lax.platform_dependent`): on CPUs the tap-wise
 gradients, elsewhere (GPUs, TPUs, an export for them) JAX's own autodiff of the same forward, so
@@ -244,8 +245,7 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, chunk=None):
 
 
 def _frame_forward_chunked(frames, kernel, stride: int):
-  """`frame_conv` on chunks of `frame_chunks` frames, concatenated: each output frame is computed
-  from its own input frame, so the values are the whole batch's."""
+  """`frame_conv` on chunks of `frame_chunks` frames, concatenated."""
   n, h, w = frames.shape[:3]
   out_shape = (n, (h - 1) // stride + 1, (w - 1) // stride + 1, kernel.shape[3])
   per = frame_chunks(frames.shape, out_shape, frames.dtype.itemsize)
