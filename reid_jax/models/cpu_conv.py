@@ -244,25 +244,24 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, chunk=None):
   return total.astype(kernel.dtype)
 
 
-def _frame_forward_chunked(frames, kernel, stride: int):
-  """`frame_conv` on chunks of `frame_chunks` frames, concatenated."""
+def _frame_forward(frames, kernel, stride: int):
+  """`frame_conv`: on CPUs on chunks of `frame_chunks` frames (concatenated) where the batch's
+  frames do not fit in `FRAME_CHUNK_BYTES`, whole elsewhere, and whole for a batch of symbolic
+  size (a batch-polymorphic export)."""
   n, h, w = frames.shape[:3]
+  if not all(isinstance(d, int) for d in frames.shape):
+    return frame_conv(frames, kernel, stride)
   out_shape = (n, (h - 1) // stride + 1, (w - 1) // stride + 1, kernel.shape[3])
   per = frame_chunks(frames.shape, out_shape, frames.dtype.itemsize)
   if per == n:
     return frame_conv(frames, kernel, stride)
-  return jnp.concatenate(
-    [frame_conv(frames[i : i + per], kernel, stride) for i in range(0, n, per)]
-  )
 
+  def chunked(frames, kernel):
+    chunks = [frame_conv(frames[i : i + per], kernel, stride) for i in range(0, n, per)]
+    return jnp.concatenate(chunks)
 
-def _frame_forward(frames, kernel, stride: int):
-  """`frame_conv`, on chunks of frames on CPUs (`frame_chunks`), whole elsewhere."""
   return lax.platform_dependent(
-    frames,
-    kernel,
-    cpu=functools.partial(_frame_forward_chunked, stride=stride),
-    default=functools.partial(frame_conv, stride=stride),
+    frames, kernel, cpu=chunked, default=functools.partial(frame_conv, stride=stride)
   )
 
 
