@@ -26,6 +26,11 @@ The forward of a `k x k` conv is `frame_conv`'s, on CPUs on chunks of whole fram
 is computed from its own input frame alone, so a chunk computes the same sums (their rounding may
 differ where the kernel tiles a chunk otherwise than the batch).
 
+Those forms of the `k x k` convs are for XLA CPU's YNNPACK convolutions, its default. Where the
+process runs its convolutions on Eigen instead (`host_runtime.use_eigen_convolutions`, which
+`reid_jax.main` applies), the forward and XLA's kernel gradient run on the whole batch, faster
+than any chunks or taps there (bench/README.md).
+
 The choice is made when the program is lowered (`lax.platform_dependent`): on CPUs the tap-wise
 gradients, elsewhere (GPUs, TPUs, an export for them) JAX's own autodiff of the same forward, so
 those backends run XLA's convolutions as without this module. `conv_grads="xla"`
@@ -40,6 +45,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from reid_jax import host_runtime
 
 # "auto": tap-wise kernel gradients on CPUs where they are faster, XLA's elsewhere; "xla": XLA's
 # everywhere.
@@ -158,14 +165,39 @@ def _output_grad_shifts(dy, k_t: int):
 
 
 def _pointwise_grads_taps(x, dy, kernel):
-  """Input and kernel gradients of `pointwise_temporal_conv` from the shifted output gradient
-  (C_out channels, a quarter of the bottleneck's C_in): for each tap `dW[tap] = x^T @ dy_tap`
-  over every position, and `dx = [dy_0 .. dy_k] @ [W_0^T .. W_k^T]` as one matmul."""
-  shifts = _output_grad_shifts(dy, kernel.shape[0])
-  dkernel = jnp.stack([_matmul_tn(x, shifted) for shifted in shifts])
-  stacked = jnp.concatenate(shifts, axis=-1) if len(shifts) > 1 else shifts[0]
-  dx = jnp.einsum("bthwk,kc->bthwc", stacked, jnp.swapaxes(kernel, 1, 2).reshape(-1, x.shape[-1]))
+  """Input and kernel gradients of `pointwise_temporal_conv` from the output gradient shifted
+  for each tap and stacked on channels (C_out each, a quarter of the bottleneck's C_in):
+  `[dW_0 .. dW_k] = x^T @ [dy_0 .. dy_k]` over every position and
+  `dx = [dy_0 .. dy_k] @ [W_0^T .. W_k^T]`, one matmul each."""
+  k_t, c, d = kernel.shape
+  shifts = _output_grad_shifts(dy, k_t)
+  stacked = jnp.concatenate(shifts, axis=-1) if k_t > 1 else shifts[0]
+  dkernel = jnp.swapaxes(_matmul_tn(x, stacked).reshape(c, k_t, d), 0, 1)
+  dx = jnp.einsum("bthwk,kc->bthwc", stacked, jnp.swapaxes(kernel, 1, 2).reshape(-1, c))
   return dx, dkernel
+
+
+def pointwise_temporal_conv_wide(x, kernel):
+  """`pointwise_temporal_conv` as one matmul by the taps' kernels side by side,
+  `Z = x @ [W_0 .. W_k]`, and the sum of each tap's `Z` columns shifted in time (the same
+  products, summed in the same order)."""
+  k_t, _, d = kernel.shape
+  if k_t == 1:
+    return pointwise_temporal_conv(x, kernel)
+  wide = jnp.einsum("bthwc,cd->bthwd", x, jnp.concatenate(list(kernel), axis=-1))
+  shifts = time_shifts(wide, k_t)
+  return sum(shifted[..., tap * d : (tap + 1) * d] for tap, shifted in enumerate(shifts))
+
+
+def _pointwise_forward(x, kernel):
+  """`pointwise_temporal_conv`: on CPUs `pointwise_temporal_conv_wide`, whose wider matmul XLA
+  CPU runs faster than the taps' (bench/README.md); elsewhere, and with no platform branch for
+  a batch of symbolic size (a batch-polymorphic export), the taps' matmuls."""
+  if kernel.shape[0] == 1 or not all(isinstance(d, int) for d in x.shape):
+    return pointwise_temporal_conv(x, kernel)
+  return lax.platform_dependent(
+    x, kernel, cpu=pointwise_temporal_conv_wide, default=pointwise_temporal_conv
+  )
 
 
 def _pointwise_grads_xla(x, dy, kernel):
@@ -174,12 +206,13 @@ def _pointwise_grads_xla(x, dy, kernel):
 
 @jax.custom_vjp
 def pointwise_temporal_conv_tapwise(x, kernel):
-  """`pointwise_temporal_conv` whose gradients on CPUs are `_pointwise_grads_taps`."""
-  return pointwise_temporal_conv(x, kernel)
+  """`pointwise_temporal_conv` whose forward on CPUs is `pointwise_temporal_conv_wide` and whose
+  gradients on CPUs are `_pointwise_grads_taps`."""
+  return _pointwise_forward(x, kernel)
 
 
 def _pointwise_fwd(x, kernel):
-  return pointwise_temporal_conv(x, kernel), (x, kernel)
+  return _pointwise_forward(x, kernel), (x, kernel)
 
 
 def _pointwise_bwd(residuals, dy):
@@ -246,10 +279,10 @@ def _frame_kernel_grad_chunked(frames, dy, kernel, stride: int, chunk=None):
 
 def _frame_forward(frames, kernel, stride: int):
   """`frame_conv`: on CPUs on chunks of `frame_chunks` frames (concatenated) where the batch's
-  frames do not fit in `FRAME_CHUNK_BYTES`, whole elsewhere, and whole for a batch of symbolic
-  size (a batch-polymorphic export)."""
+  frames do not fit in `FRAME_CHUNK_BYTES`, whole elsewhere, whole for a batch of symbolic size
+  (a batch-polymorphic export) and whole where the convolutions run on Eigen."""
   n, h, w = frames.shape[:3]
-  if not all(isinstance(d, int) for d in frames.shape):
+  if not all(isinstance(d, int) for d in frames.shape) or not host_runtime.ynn_convolutions():
     return frame_conv(frames, kernel, stride)
   out_shape = (n, (h - 1) // stride + 1, (w - 1) // stride + 1, kernel.shape[3])
   per = frame_chunks(frames.shape, out_shape, frames.dtype.itemsize)
@@ -266,6 +299,8 @@ def _frame_forward(frames, kernel, stride: int):
 
 
 def _frame_kernel_grad_cpu(frames, dy, kernel, stride: int):
+  if not host_runtime.ynn_convolutions():
+    return _frame_kernel_grad_xla(frames, dy, kernel, stride)
   if uses_tapwise_kernel_grad(kernel.shape, stride):
     return _frame_kernel_grad_taps(frames, dy, *kernel.shape[:2], stride)
   return _frame_kernel_grad_chunked(frames, dy, kernel, stride)
