@@ -23,6 +23,8 @@ Temporal `k x 1 x 1` formulations (the bottleneck's first conv, C_in -> planes):
   conv2d_t_hw   2D conv with a k x 1 kernel over (T, H*W)
   conv1d_bhw    1D conv over T with (B H W) folded into the batch (a transpose each way)
   im2col        k time-shifted copies concatenated on channels, then one matmul
+  wide          one matmul by the k kernels side by side, its column blocks shifted in time and
+                summed (`cpu_conv.pointwise_temporal_conv_wide`, the model's forward on CPUs)
 Stem `5 x 7 x 7`, stride 1x2x2, 3 -> 64 channels:
   stacked_2d    the 5 time-shifted frames stacked on channels, one 7x7 2D conv of 15 channels
                 (the model's Conv3D)
@@ -42,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from timing import median_seconds
+
+from reid_jax.models import cpu_conv
 
 # (name, B*T frames per clip given T, T, H, W, C_in, C_out, k, stride)
 SPATIAL_SHAPES = (
@@ -72,6 +76,7 @@ XLA_FLAG_SETS = {
   "xnnpack": "--xla_cpu_use_xnnpack=true",
   "xnn_fusion_dot": "--xla_cpu_experimental_xnn_fusion_type=dot",
   "ynn_fusion": "--xla_cpu_experimental_ynn_fusion_type=dot,individual_convolution",
+  "eigen_convolutions": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
   "fast_math": "--xla_cpu_enable_fast_math=true",
   "no_thunks": "--xla_cpu_use_thunk_runtime=false",
   "eigen_single_thread": "--xla_cpu_multi_thread_eigen=false",
@@ -197,6 +202,7 @@ def temporal_formulations(k):
     conv2d_t_hw=conv2d_t_hw,
     conv1d_bhw=conv1d_bhw,
     im2col=im2col,
+    wide=cpu_conv.pointwise_temporal_conv_wide,
   )
 
 
