@@ -58,7 +58,8 @@ class Conv3D(nnx.Module):
 
   The kernel is `[k_t, k_h, k_w, C_in, C_out]`; padding is `k // 2` on every axis (PyTorch's
   `padding=k // 2`), so T is kept and H, W shrink by the stride. `conv_grads`
-  (`cpu_conv.CONV_GRADS`) chooses how the gradients are computed; the forward is the same.
+  (`cpu_conv.CONV_GRADS`) chooses how the gradients are computed; the forward computes the same
+  sums (on CPUs `"auto"`'s `k_t x 1 x 1` forward is one wider matmul, which may round otherwise).
   """
 
   def __init__(

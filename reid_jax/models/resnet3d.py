@@ -73,7 +73,8 @@ class Architecture:
   nonlocal_pool: bool = True  # 1x2x2 max-pool of x before phi and g (False: Fig. 5)
   attention_impl: str = "einsum"  # "einsum" | "xla" | "cudnn"
   # Kernel gradients of the convolutions: "auto" (tap-wise matmuls on CPUs, XLA's elsewhere;
-  # `reid_jax.models.cpu_conv`) | "xla" (XLA's everywhere). The forward is the same either way.
+  # `reid_jax.models.cpu_conv`) | "xla" (XLA's everywhere). The forward computes the same sums
+  # either way (on CPUs "auto"'s k_t x 1 x 1 forward is one wider matmul, rounded otherwise).
   conv_grads: str = "auto"
   last_stride: int = 2  # stride of res5 (1 keeps a 16x8 map)
   bottleneck_dim: int = 512
