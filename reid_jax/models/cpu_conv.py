@@ -189,11 +189,16 @@ def pointwise_temporal_conv_wide(x, kernel):
   return sum(shifted[..., tap * d : (tap + 1) * d] for tap, shifted in enumerate(shifts))
 
 
+def _symbolic_shape(x) -> bool:
+  """Whether `x` has a dimension of symbolic size (a batch-polymorphic export traces one)."""
+  return not all(isinstance(d, int) for d in x.shape)
+
+
 def _pointwise_forward(x, kernel):
   """`pointwise_temporal_conv`: on CPUs `pointwise_temporal_conv_wide`, whose wider matmul XLA
   CPU runs faster than the taps' (bench/README.md); elsewhere, and with no platform branch for
   a batch of symbolic size (a batch-polymorphic export), the taps' matmuls."""
-  if kernel.shape[0] == 1 or not all(isinstance(d, int) for d in x.shape):
+  if kernel.shape[0] == 1 or _symbolic_shape(x):
     return pointwise_temporal_conv(x, kernel)
   return lax.platform_dependent(
     x, kernel, cpu=pointwise_temporal_conv_wide, default=pointwise_temporal_conv
@@ -282,7 +287,7 @@ def _frame_forward(frames, kernel, stride: int):
   frames do not fit in `FRAME_CHUNK_BYTES`, whole elsewhere, whole for a batch of symbolic size
   (a batch-polymorphic export) and whole where the convolutions run on Eigen."""
   n, h, w = frames.shape[:3]
-  if not all(isinstance(d, int) for d in frames.shape) or not host_runtime.ynn_convolutions():
+  if _symbolic_shape(frames) or not host_runtime.ynn_convolutions():
     return frame_conv(frames, kernel, stride)
   out_shape = (n, (h - 1) // stride + 1, (w - 1) // stride + 1, kernel.shape[3])
   per = frame_chunks(frames.shape, out_shape, frames.dtype.itemsize)
