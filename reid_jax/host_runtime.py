@@ -12,7 +12,8 @@ from its heap and keep what is freed (`mallopt`), so each step reuses the pages 
 A process's resident memory then stays at its peak instead of falling between steps.
 
 XLA CPU runs a convolution on YNNPACK by default. On the network's shapes its Eigen
-convolutions are up to 2.6x faster (forward, input and kernel gradients; bench/README.md), so
+convolutions are 2.2x faster over all their passes and 1.6-4.2x on the stem's and res2's
+(forward, input and kernel gradients; bench/README.md), so
 `configure_before_backends` also removes YNNPACK's convolution fusion (`use_eigen_convolutions`);
 `reid_jax.models.cpu_conv` reads which of the two runs (`ynn_convolutions`) to shape its CPU
 convolutions for it.
