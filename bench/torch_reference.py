@@ -1,7 +1,7 @@
 r"""The same network and train step in PyTorch, timed beside the JAX step in one run.
 
     python bench/torch_reference.py [--batch 8] [--steps 3] [--no_compile] [--interleave]
-        [train_step.py flags]
+        [--torch_profile] [train_step.py flags]
 
 The PyTorch peer is what a PyTorch video re-id codebase would run: the I3D ResNet-50 with
 non-local blocks as PySlowFast defines it (`torch_i3d`: `Conv3d` layers, NCDHW, oneDNN), the
@@ -15,9 +15,13 @@ PyTorch eager (above 1: faster). `--interleave` takes the JAX and PyTorch eager 
 drifts with other work, that ratio is steadier than two medians taken minutes apart. The process
 runs as `reid_jax.main` does (`reid_jax.host_runtime`; `--jax_default_runtime`: JAX's and glibc's
 defaults), PyTorch's steps included; each pair's line gives both steps' page faults.
+`--torch_profile` traces one more PyTorch eager step with `torch.profiler` and prints its ops'
+self CPU time by what they compute, the peer of `train_step.py --profile` (the profiler slows
+the step, so read the shares, not the seconds).
 """
 
 import argparse
+import collections
 import os
 import sys
 import time
@@ -129,6 +133,45 @@ class TorchStep:
     )
 
 
+# aten op name (a substring of it) -> what it computes, for --torch_profile, first match wins;
+# other aten ops are elementwise ops and reductions, the rest autograd's and the optimiser's.
+TORCH_OP_ROLES = (
+  ("convolution_backward", "convolutions: input and kernel gradients"),
+  ("convolution", "convolutions: forward"),
+  ("batch_norm", "batch norm, forward and backward"),
+  ("bmm", "matmuls (non-local attention, head)"),
+  ("mm", "matmuls (non-local attention, head)"),
+  ("max_pool", "max-pools, forward and backward"),
+  ("copy_", "copies and transposes"),
+  ("empty", "allocation"),
+  ("resize_", "allocation"),
+)
+
+
+def torch_profile(step: TorchStep) -> None:
+  """One more eager step under `torch.profiler`: self CPU time of its ops by role and by op."""
+  from torch.profiler import ProfilerActivity, profile
+
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    step.step()
+  ops = [(e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()]
+  total = sum(s for _, s in ops)
+  roles = collections.Counter()
+  for name, seconds in ops:
+    role = next((r for key, r in TORCH_OP_ROLES if key in name), None)
+    if role is None:
+      role = "elementwise and reductions" if name.startswith("aten::") else "other"
+    roles[role] += seconds
+  print(
+    f"  PyTorch eager step under torch.profiler {step.times[-1]:.3f} s; ops' self CPU time "
+    f"{total:.3f} s"
+  )
+  for role, seconds in roles.most_common():
+    print(f"    {seconds:8.3f} s {100 * seconds / total:5.1f}%  {role}")
+  for name, seconds in sorted(ops, key=lambda o: -o[1])[:12]:
+    print(f"    {seconds:8.3f} s {100 * seconds / total:5.1f}%  {name}")
+
+
 def bench_torch(config, batch, steps: int, compiled: bool) -> dict:
   """Warm-up (and compile) time, median step time and the losses of a PyTorch train run."""
   step = TorchStep(config, batch, compiled)
@@ -137,7 +180,7 @@ def bench_torch(config, batch, steps: int, compiled: bool) -> dict:
   return step.result()
 
 
-def interleaved(config, batch, steps: int) -> dict:
+def interleaved(config, batch, steps: int, profile: bool = False) -> dict:
   """JAX and PyTorch eager steps taken in turn, so both see the same moments of a noisy machine;
   prints each pair's ratio."""
   jax_step, torch_step = jax_bench.CompiledStep(config), TorchStep(config, batch, False)
@@ -153,6 +196,8 @@ def interleaved(config, batch, steps: int) -> dict:
     )
   ratios = [t / j for j, t in zip(jax_step.times[1:], torch_step.times[1:])]
   print(f"  median pair ratio (PyTorch eager / JAX): {np.median(ratios):.3f}")
+  if profile:
+    torch_profile(torch_step)
   return {"JAX (jit, XLA CPU)": jax_step.result(), "PyTorch eager": torch_step.result()}
 
 
@@ -211,11 +256,18 @@ def main():
     help="alternate JAX and PyTorch eager steps (fairest on a shared machine)",
   )
   parser.add_argument(
+    "--torch_profile",
+    action="store_true",
+    help="with --interleave: trace one more PyTorch eager step and print its ops by role",
+  )
+  parser.add_argument(
     "--inference",
     action="store_true",
     help="time the evaluation-mode forward pass instead of the train step",
   )
   args = parser.parse_args()
+  if args.torch_profile and not args.interleave:
+    parser.error("--torch_profile traces a step of --interleave")
   if args.dtype == "bfloat16":
     parser.error("the PyTorch peer runs float32 only")
   torch.set_num_threads(args.torch_threads)
@@ -240,7 +292,7 @@ def main():
   )
   load = os.getloadavg()[0]
   if args.interleave:
-    results = interleaved(config, batch, args.steps)
+    results = interleaved(config, batch, args.steps, profile=args.torch_profile)
     jax_bench.report(config, results["JAX (jit, XLA CPU)"])
   else:
     results = {"JAX (jit, XLA CPU)": jax_bench.bench_jax(config, args.steps)}
