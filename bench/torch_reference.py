@@ -16,8 +16,8 @@ drifts with other work, that ratio is steadier than two medians taken minutes ap
 runs as `reid_jax.main` does (`reid_jax.host_runtime`; `--jax_default_runtime`: JAX's and glibc's
 defaults), PyTorch's steps included; each pair's line gives both steps' page faults.
 `--torch_profile` traces one more PyTorch eager step with `torch.profiler` and prints its ops'
-self CPU time by what they compute, the peer of `train_step.py --profile` (the profiler slows
-the step, so read the shares, not the seconds).
+self CPU time by what they compute, the peer of `train_step.py --profile`; that step is not
+among the timed ones.
 """
 
 import argparse
@@ -128,7 +128,7 @@ class TorchStep:
     return dict(
       warmup_s=self.times[0],
       step_s=float(np.median(self.times[1:])),
-      losses=self.losses,
+      losses=list(self.losses),
       params=sum(p.numel() for p in self.model.parameters()),
     )
 
@@ -139,7 +139,6 @@ TORCH_OP_ROLES = (
   ("convolution_backward", "convolutions: input and kernel gradients"),
   ("convolution", "convolutions: forward"),
   ("batch_norm", "batch norm, forward and backward"),
-  ("bmm", "matmuls (non-local attention, head)"),
   ("mm", "matmuls (non-local attention, head)"),
   ("max_pool", "max-pools, forward and backward"),
   ("copy_", "copies and transposes"),
@@ -196,9 +195,10 @@ def interleaved(config, batch, steps: int, profile: bool = False) -> dict:
     )
   ratios = [t / j for j, t in zip(jax_step.times[1:], torch_step.times[1:])]
   print(f"  median pair ratio (PyTorch eager / JAX): {np.median(ratios):.3f}")
-  if profile:
+  results = {"JAX (jit, XLA CPU)": jax_step.result(), "PyTorch eager": torch_step.result()}
+  if profile:  # after the results: the traced step is no timed one
     torch_profile(torch_step)
-  return {"JAX (jit, XLA CPU)": jax_step.result(), "PyTorch eager": torch_step.result()}
+  return results
 
 
 def inference(config, batch, steps: int) -> None:
